@@ -1,0 +1,34 @@
+"""byol-wrap: BYOL self-supervised pretraining for any PyTorch image backbone.
+
+Example:
+    >>> import torch, torchvision
+    >>> from byol_wrap import BYOL
+    >>> learner = BYOL(torchvision.models.resnet18(), image_size=32, hidden_layer="avgpool")
+    >>> loss = learner(torch.rand(4, 3, 32, 32))
+"""
+from .augment import IMAGENET_MEAN, IMAGENET_STD, blur_kernel_size, byol_augmentation, default_augmentations
+from .byol import BYOL
+from .ema import cosine_tau, ema_update_
+from .heads import MLP
+from .hooks import RepresentationExtractor, list_layers, pool, resolve_layer
+from .loss import byol_loss, symmetric_byol_loss
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BYOL",
+    "MLP",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "RepresentationExtractor",
+    "blur_kernel_size",
+    "byol_augmentation",
+    "byol_loss",
+    "cosine_tau",
+    "default_augmentations",
+    "ema_update_",
+    "list_layers",
+    "pool",
+    "resolve_layer",
+    "symmetric_byol_loss",
+]

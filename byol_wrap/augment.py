@@ -1,0 +1,112 @@
+"""The paper's two image augmentation distributions T and T', with Kornia, per sample.
+
+Every random parameter (crop box, flip, jitter factors and their order, blur sigma, ...)
+is drawn independently for each image of the batch, on the batch's device.
+
+Table 6 of Grill et al. (2020):
+
+=========================  ======  ======
+parameter                  T       T'
+=========================  ======  ======
+random crop probability    1.0     1.0
+flip probability           0.5     0.5
+colour jitter probability  0.8     0.8
+brightness / contrast      0.4     0.4
+saturation / hue           0.2/0.1 0.2/0.1
+grayscale probability      0.2     0.2
+Gaussian blur probability  1.0     0.1
+solarization probability   0.0     0.2
+=========================  ======  ======
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import kornia.augmentation as K
+import torch
+from torch import Tensor, nn
+
+from .hooks import image_size_pair
+
+IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+Normalization = Optional[Tuple[Sequence[float], Sequence[float]]]
+
+
+def blur_kernel_size(side: int) -> int:
+    """An odd Gaussian-blur kernel of about 10% of the image side (23 for 224), at least 3.
+
+    Example:
+        >>> blur_kernel_size(224), blur_kernel_size(32)
+        (23, 3)
+    """
+    return max(3, int(0.1 * side) // 2 * 2 + 1)
+
+
+def byol_augmentation(
+    image_size: Union[int, Sequence[int]],
+    view: int = 1,
+    normalize: Normalization = (IMAGENET_MEAN, IMAGENET_STD),
+) -> nn.Sequential:
+    """One of the paper's two augmentation pipelines, as a Kornia ``nn.Sequential``.
+
+    Args:
+        image_size: output size, an int or ``(H, W)``.
+        view: 1 for T (blur always, no solarization), 2 for T' (blur p=0.1, solarization p=0.2).
+        normalize: ``(mean, std)`` applied last, ImageNet statistics by default; ``None`` for none.
+
+    Input: float RGB images in [0, 1], ``(N, 3, H, W)``, any device. Output: ``(N, 3, *image_size)``.
+
+    Example:
+        >>> t1 = byol_augmentation(32, view=1)
+        >>> t1(torch.rand(4, 3, 40, 40)).shape
+        torch.Size([4, 3, 32, 32])
+    """
+    if view not in (1, 2):
+        raise ValueError(f"view must be 1 (T) or 2 (T'), got {view!r}")
+    height, width = image_size_pair(image_size)
+    blur_p, solarize_p = (1.0, 0.0) if view == 1 else (0.1, 0.2)
+    stages: list = [
+        K.RandomResizedCrop((height, width), scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)),
+        K.RandomHorizontalFlip(p=0.5),
+        # kornia's ColorJitter applies the four adjustments in a random order, as the paper does
+        K.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=0.8),
+        K.RandomGrayscale(p=0.2),
+        K.RandomGaussianBlur(
+            (blur_kernel_size(height), blur_kernel_size(width)), sigma=(0.1, 2.0), p=blur_p
+        ),
+    ]
+    if solarize_p > 0:
+        # thresholds=0, additions=0: x -> 1 - x exactly where x >= 0.5, the paper's solarization
+        stages.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_p))
+    if normalize is not None:
+        mean, std = normalize
+        stages.append(K.Normalize(mean=torch.tensor(mean), std=torch.tensor(std)))
+    return nn.Sequential(*stages)
+
+
+def default_augmentations(
+    image_size: Union[int, Sequence[int]],
+    normalize: Normalization = (IMAGENET_MEAN, IMAGENET_STD),
+) -> Tuple[nn.Sequential, nn.Sequential]:
+    """The pair ``(T, T')`` that ``BYOL`` uses by default.
+
+    Example:
+        >>> t1, t2 = default_augmentations(64)
+        >>> t2(torch.rand(2, 3, 64, 64)).shape
+        torch.Size([2, 3, 64, 64])
+    """
+    return byol_augmentation(image_size, 1, normalize), byol_augmentation(image_size, 2, normalize)
+
+
+def to_float_images(x: Tensor) -> Tensor:
+    """uint8 images in [0, 255] become float32 in [0, 1]; floating images pass unchanged.
+
+    Raises:
+        TypeError: for any other dtype.
+    """
+    if x.dtype == torch.uint8:
+        return x.float().div_(255)
+    if x.is_floating_point():
+        return x
+    raise TypeError(f"images must be floating point in [0, 1] or uint8 in [0, 255], got dtype {x.dtype}")

@@ -1,0 +1,322 @@
+"""``BYOL``: the learner that ties augment -> encode (hook) -> project/predict -> loss -> EMA."""
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import kornia.augmentation as K
+import torch
+from torch import Tensor, nn
+
+from .augment import IMAGENET_MEAN, IMAGENET_STD, Normalization, default_augmentations, to_float_images
+from .ema import cosine_tau, ema_update_
+from .heads import MLP
+from .hooks import (
+    LayerSpec,
+    RepresentationExtractor,
+    cuda_rng_devices,
+    infer_input_shape,
+    module_device_dtype,
+    probe_context,
+    resolve_layer,
+)
+from .loss import symmetric_byol_loss
+
+Augment = Callable[[Tensor], Tensor]
+
+
+class BYOL(nn.Module):
+    """Bootstrap Your Own Latent (Grill et al., 2020) around any backbone.
+
+    The online network is ``net`` (the user's module, trained in place) followed by a
+    projector and a predictor; the target network is a copy of ``net`` and the projector
+    that receives no gradient and follows the online weights by an exponential moving
+    average (:meth:`update_moving_average`).
+
+    Args:
+        net: the backbone. Its representation is read at ``hidden_layer``.
+        image_size: side of the augmented views, an int or ``(H, W)``; also the size of
+            the construction-time probe.
+        hidden_layer: a dotted module name (``"avgpool"``, ``"layer4.1"``), an index into
+            ``net.children()`` (``-2``: the second-to-last child), or ``-1``/``None`` for
+            the net's own output. 4-D outputs are global-average-pooled, 3-D tokens pooled
+            by ``token_pool``.
+        projection_size: output size of projector and predictor (256 in the paper).
+        projection_hidden_size: hidden size of both MLPs (4096 in the paper).
+        augment_fn: replaces T, the first view's augmentation (any callable on a batch).
+            Given alone, it is used for both views.
+        augment_fn2: replaces T', the second view's augmentation.
+        moving_average_decay: the base EMA decay ``tau_base`` (0.996 in the paper).
+        total_steps: number of :meth:`update_moving_average` calls in the run; when given,
+            tau follows the paper's cosine schedule from ``tau_base`` to 1.
+        use_momentum: ``False`` gives the SimSiam variant (target = online under
+            stop-gradient, no EMA).
+        sync_batchnorm: ``nn.SyncBatchNorm`` in projector and predictor; ``None``: when
+            torch.distributed is initialised with more than one rank.
+        normalize: ``(mean, std)`` for the default augmentations and for embeddings
+            (ImageNet statistics by default); ``None`` for none.
+        token_pool: pooling of 3-D outputs: ``"cls"``, ``"mean"`` (over tokens),
+            ``"spatial"`` (``(N, C, L)`` maps) or ``"auto"`` (class token if the net has one).
+        pool_fn: a callable replacing the default pooling of the hidden layer's output.
+        early_exit: stop the forward once ``hidden_layer`` has run (the layers after it
+            are not computed; results are identical).
+        concat_views: run both views through the networks as one batch (faster on some
+            hardware; BatchNorm statistics then mix the views). Default: one pass per view,
+            as in the paper.
+        input_shape: per-sample input shape for the probe when ``image_size`` does not
+            describe it, e.g. ``(channels, length)`` for a 1-D signal encoder.
+
+    Example:
+        >>> import torchvision
+        >>> learner = BYOL(torchvision.models.resnet18(), image_size=32, hidden_layer="avgpool")
+        >>> loss = learner(torch.rand(4, 3, 32, 32))
+        >>> loss.backward()
+        >>> learner.update_moving_average()
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        image_size: Union[int, Sequence[int], None] = None,
+        hidden_layer: LayerSpec = -2,
+        projection_size: int = 256,
+        projection_hidden_size: int = 4096,
+        augment_fn: Optional[Augment] = None,
+        augment_fn2: Optional[Augment] = None,
+        moving_average_decay: float = 0.996,
+        total_steps: Optional[int] = None,
+        use_momentum: bool = True,
+        sync_batchnorm: Optional[bool] = None,
+        *,
+        normalize: Normalization = (IMAGENET_MEAN, IMAGENET_STD),
+        token_pool: str = "auto",
+        pool_fn: Optional[Callable[[Tensor], Tensor]] = None,
+        early_exit: bool = True,
+        concat_views: bool = False,
+        input_shape: Optional[Sequence[int]] = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+        if not 0.0 <= moving_average_decay <= 1.0:
+            raise ValueError(f"moving_average_decay must lie in [0, 1], got {moving_average_decay}")
+        if total_steps is not None and (not isinstance(total_steps, int) or total_steps <= 0):
+            raise ValueError(f"total_steps must be a positive int or None, got {total_steps!r}")
+        for name, fn in (("augment_fn", augment_fn), ("augment_fn2", augment_fn2)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable on a batch of images, got {type(fn).__name__}")
+
+        self.net = net
+        self.input_shape = infer_input_shape(net, image_size, input_shape)
+        self.extractor = RepresentationExtractor(
+            resolve_layer(net, hidden_layer), token_pool=token_pool, pool_fn=pool_fn, early_exit=early_exit
+        )
+        self.moving_average_decay = float(moving_average_decay)
+        self.total_steps = total_steps
+        self.use_momentum = use_momentum
+        self.concat_views = concat_views
+        self.ema_step = 0
+
+        self.uses_default_augmentations = augment_fn is None and augment_fn2 is None
+        if self.uses_default_augmentations:
+            if len(self.input_shape) != 3 or self.input_shape[0] != 3:
+                raise ValueError(
+                    f"the default augmentations are for 3-channel (RGB) images, but the net takes input of "
+                    f"shape {self.input_shape}; pass augment_fn (and augment_fn2) that work on your inputs"
+                )
+            augment_fn, augment_fn2 = default_augmentations(self.input_shape[1:], normalize)
+        self.augment1: Augment = augment_fn  # type: ignore[assignment]
+        self.augment2: Augment = augment_fn2 if augment_fn2 is not None else augment_fn  # type: ignore[assignment]
+        self.normalizer = (
+            K.Normalize(mean=torch.tensor(normalize[0]), std=torch.tensor(normalize[1]))
+            if self.uses_default_augmentations and normalize is not None
+            else None
+        )
+
+        device, dtype = module_device_dtype(net)
+        representation_size, unused = self._probe(device, dtype, image_size)
+        self.representation_size = representation_size
+        # Unused backbone parameters (e.g. the classifier after the hidden layer) get no
+        # gradient; DistributedDataParallel would fail on them without this list.
+        self._ddp_params_and_buffers_to_ignore = [f"net.{name}" for name in unused]
+
+        with torch.random.fork_rng(devices=cuda_rng_devices(device)):
+            self.projector = MLP(representation_size, projection_size, projection_hidden_size, sync_batchnorm)
+            self.predictor = MLP(projection_size, projection_size, projection_hidden_size, sync_batchnorm)
+        self.projector.to(device=device, dtype=dtype)
+        self.predictor.to(device=device, dtype=dtype)
+
+        self.target_net: Optional[nn.Module] = None
+        self.target_projector: Optional[nn.Module] = None
+        if use_momentum:
+            try:
+                self.target_net = copy.deepcopy(net)
+            except Exception as error:  # pragma: no cover - depends on the user's module
+                raise RuntimeError(
+                    f"could not copy {type(net).__name__} for the target network ({error}); "
+                    f"make the module deep-copyable or use use_momentum=False"
+                ) from error
+            self.target_projector = copy.deepcopy(self.projector)
+            self.target_net.requires_grad_(False)
+            self.target_projector.requires_grad_(False)
+
+    # ------------------------------------------------------------------ construction
+    def _probe(self, device: torch.device, dtype: torch.dtype, image_size: Any) -> Tuple[int, List[str]]:
+        """Representation size and the names of net parameters it does not depend on."""
+        x = torch.zeros((2, *self.input_shape), device=device, dtype=dtype)
+        trainable = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
+        try:
+            with probe_context(self.net, grad=bool(trainable)):
+                representation = self.extractor(self.net, x)
+                grads = (
+                    torch.autograd.grad(representation.float().sum(), [p for _, p in trainable], allow_unused=True)
+                    if trainable and representation.requires_grad
+                    else [None] * len(trainable)
+                )
+        except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as error:
+            if "never ran" in str(error):
+                raise
+            raise ValueError(
+                f"{type(self.net).__name__} does not accept inputs of shape {tuple(x.shape[1:])} "
+                f"(image_size={image_size!r}): {error}. Give the image_size the net was built for, "
+                f"or input_shape=(channels, ...) for inputs that are not square RGB images."
+            ) from error
+        if representation.ndim != 2:
+            raise ValueError(
+                f"the representation must be one vector per sample, got shape {tuple(representation.shape)}; "
+                f"pass pool_fn to reduce it"
+            )
+        unused = [name for (name, _), g in zip(trainable, grads) if g is None]
+        return int(representation.shape[1]), unused
+
+    # ------------------------------------------------------------------ networks
+    def _online(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """(projection, representation) of the online network."""
+        representation = self.extractor(self.net, x)
+        return self.projector(representation), representation
+
+    @torch.no_grad()
+    def _target(self, x: Tensor) -> Tensor:
+        net = self.target_net if self.target_net is not None else self.net
+        projector = self.target_projector if self.target_projector is not None else self.projector
+        return projector(self.extractor(net, x)).detach()
+
+    def _check_input(self, x: Tensor, augmented: bool) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"expected a tensor of images, got {type(x).__name__}")
+        x = to_float_images(x)
+        if self.training and x.shape[0] < 2:
+            raise ValueError(
+                f"a batch of {x.shape[0]} cannot be used in training mode: the BatchNorm layers in the "
+                f"projector and predictor need at least 2 samples (call learner.eval() for single embeddings)"
+            )
+        if not augmented or self.uses_default_augmentations:
+            expected = self.input_shape
+            if x.ndim != len(expected) + 1 or x.shape[1] != expected[0]:
+                raise ValueError(
+                    f"expected input of shape (N, {', '.join(map(str, expected))}) (N, C{', H, W' if len(expected) == 3 else ', ...'}"
+                    f" with C={expected[0]}), got {tuple(x.shape)}"
+                )
+        device, _ = module_device_dtype(self.net)
+        if x.device != device:
+            raise ValueError(f"images are on {x.device} but the learner is on {device}; move one to the other")
+        return x
+
+    def _to_net_dtype(self, x: Tensor) -> Tensor:
+        _, dtype = module_device_dtype(self.net)
+        return x if x.dtype == dtype else x.to(dtype)
+
+    # ------------------------------------------------------------------ public API
+    def forward(
+        self, x: Tensor, return_embedding: bool = False, return_projection: bool = True
+    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        """The symmetric BYOL loss of a batch, or its online embedding.
+
+        Args:
+            x: images ``(N, C, H, W)``, float in [0, 1] or uint8 in [0, 255].
+            return_embedding: return ``(projection, representation)`` of the online
+                network for ``x`` without augmentation (normalised like the default views).
+            return_projection: with ``return_embedding``, ``False`` returns the
+                representation alone.
+        """
+        x = self._check_input(x, augmented=not return_embedding)
+        if return_embedding:
+            if self.normalizer is not None:
+                x = self.normalizer(x)
+            projection, representation = self._online(self._to_net_dtype(x))
+            return (projection, representation) if return_projection else representation
+
+        view1 = self._to_net_dtype(self.augment1(x))
+        view2 = self._to_net_dtype(self.augment2(x))
+        if self.concat_views:
+            projection, _ = self._online(torch.cat((view1, view2)))
+            q1, q2 = self.predictor(projection).chunk(2)
+            z = projection.detach() if not self.use_momentum else self._target(torch.cat((view1, view2)))
+            z1, z2 = z.chunk(2)
+        else:
+            p1, _ = self._online(view1)
+            p2, _ = self._online(view2)
+            q1, q2 = self.predictor(p1), self.predictor(p2)
+            if self.use_momentum:
+                z1, z2 = self._target(view1), self._target(view2)
+            else:  # SimSiam: the target is the online projection under stop-gradient
+                z1, z2 = p1.detach(), p2.detach()
+        return symmetric_byol_loss(q1, q2, z1, z2)
+
+    @property
+    def tau(self) -> float:
+        """The decay the next :meth:`update_moving_average` call will use."""
+        if self.total_steps is None:
+            return self.moving_average_decay
+        return cosine_tau(self.ema_step, self.total_steps, self.moving_average_decay)
+
+    def online_parameters(self) -> List[nn.Parameter]:
+        """Online encoder and projector parameters, in the order the target mirrors them."""
+        return list(self.net.parameters()) + list(self.projector.parameters())
+
+    def target_parameters(self) -> List[nn.Parameter]:
+        """Target encoder and projector parameters (no gradient, EMA of the online ones)."""
+        if self.target_net is None or self.target_projector is None:
+            return []
+        return list(self.target_net.parameters()) + list(self.target_projector.parameters())
+
+    def update_moving_average(self) -> float:
+        """Move the target towards the online network: ``xi <- tau xi + (1 - tau) theta``.
+
+        Call once per optimizer step. Returns the tau that was used.
+
+        Raises:
+            RuntimeError: with ``use_momentum=False`` (there is no separate target).
+        """
+        if not self.use_momentum:
+            raise RuntimeError(
+                "update_moving_average() has nothing to do with use_momentum=False: the target is the online "
+                "network under stop-gradient. Remove the call, or construct BYOL with use_momentum=True."
+            )
+        tau = self.tau
+        ema_update_(self.target_parameters(), self.online_parameters(), tau)
+        self.ema_step += 1
+        return tau
+
+    def reset_moving_average(self) -> None:
+        """Copy the online weights into the target and restart the tau schedule."""
+        if self.use_momentum:
+            ema_update_(self.target_parameters(), self.online_parameters(), 0.0)
+        self.ema_step = 0
+
+    def remove_hooks(self) -> None:
+        """Kept for byol-pytorch users: byol-wrap's hooks exist only during a forward pass,
+        so there is never a hook left on the net to remove."""
+
+    def get_extra_state(self) -> Dict[str, Any]:
+        return {"ema_step": self.ema_step}
+
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
+        self.ema_step = int(state["ema_step"])
+
+    def extra_repr(self) -> str:
+        return (
+            f"hidden_layer={self.extractor.layer!r}, representation_size={self.representation_size}, "
+            f"tau_base={self.moving_average_decay}, total_steps={self.total_steps}, "
+            f"use_momentum={self.use_momentum}, concat_views={self.concat_views}"
+        )

@@ -1,0 +1,58 @@
+"""The target network's exponential moving average and the paper's tau schedule."""
+from __future__ import annotations
+
+import math
+from typing import Iterable, List
+
+import torch
+from torch import Tensor
+
+
+def cosine_tau(step: int, total_steps: int, base_tau: float = 0.996) -> float:
+    """The paper's decay schedule ``tau_k = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2``.
+
+    ``tau`` starts at ``base_tau`` for ``k = 0`` and rises to 1 at ``k = K``; steps past
+    ``K`` keep ``tau = 1``.
+
+    Example:
+        >>> cosine_tau(0, 100, 0.99)
+        0.99
+        >>> cosine_tau(100, 100, 0.99)
+        1.0
+    """
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be a positive int, got {total_steps}")
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    if not 0.0 <= base_tau <= 1.0:
+        raise ValueError(f"base_tau must lie in [0, 1], got {base_tau}")
+    k = min(step, total_steps)
+    return 1.0 - (1.0 - base_tau) * (math.cos(math.pi * k / total_steps) + 1.0) / 2.0
+
+
+@torch.no_grad()
+def ema_update_(target: Iterable[Tensor], online: Iterable[Tensor], tau: float) -> None:
+    """In place: ``xi <- tau * xi + (1 - tau) * theta`` for every pair of tensors.
+
+    Uses the fused multi-tensor ``torch._foreach_lerp_`` (one kernel launch per
+    device/dtype group instead of one per parameter).
+
+    Example:
+        >>> t, o = [torch.zeros(3)], [torch.ones(3)]
+        >>> ema_update_(t, o, tau=0.9)
+        >>> t[0]
+        tensor([0.1000, 0.1000, 0.1000])
+    """
+    if not 0.0 <= tau <= 1.0:
+        raise ValueError(f"tau must lie in [0, 1], got {tau}")
+    targets: List[Tensor] = list(target)
+    onlines: List[Tensor] = list(online)
+    if len(targets) != len(onlines):
+        raise ValueError(f"target has {len(targets)} tensors but online has {len(onlines)}")
+    for t, o in zip(targets, onlines):
+        if t.shape != o.shape:
+            raise ValueError(f"shape mismatch between target {tuple(t.shape)} and online {tuple(o.shape)}")
+    if not targets or tau == 1.0:
+        return
+    # lerp(xi, theta, w) = xi + w (theta - xi) = (1 - w) xi + w theta, with w = 1 - tau
+    torch._foreach_lerp_(targets, [o.detach() for o in onlines], 1.0 - tau)
