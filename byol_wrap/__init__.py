@@ -10,6 +10,7 @@ from .augment import IMAGENET_MEAN, IMAGENET_STD, blur_kernel_size, byol_augment
 from .byol import BYOL
 from .ema import cosine_tau, ema_update_
 from .heads import MLP
+from .knn import embed, knn_accuracy, knn_predict
 from .hooks import RepresentationExtractor, list_layers, pool, resolve_layer
 from .loss import byol_loss, symmetric_byol_loss
 
@@ -27,6 +28,9 @@ __all__ = [
     "cosine_tau",
     "default_augmentations",
     "ema_update_",
+    "embed",
+    "knn_accuracy",
+    "knn_predict",
     "list_layers",
     "pool",
     "resolve_layer",
