@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import itertools
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -243,12 +244,12 @@ def image_size_pair(image_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
 
 def module_device_dtype(net: nn.Module) -> Tuple[torch.device, torch.dtype]:
     """Device and floating dtype of the net's first parameter (or buffer); CPU/float32 if none."""
-    for tensor in list(net.parameters()) + list(net.buffers()):
+    first: Optional[Tensor] = None
+    for tensor in itertools.chain(net.parameters(), net.buffers()):
         if tensor.is_floating_point():
             return tensor.device, tensor.dtype
-    for tensor in list(net.parameters()) + list(net.buffers()):
-        return tensor.device, torch.get_default_dtype()
-    return torch.device("cpu"), torch.get_default_dtype()
+        first = tensor if first is None else first
+    return (first.device if first is not None else torch.device("cpu")), torch.get_default_dtype()
 
 
 def cuda_rng_devices(device: torch.device) -> List[int]:
