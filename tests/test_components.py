@@ -1,0 +1,201 @@
+"""Each stage on its own, against hand-written references: loss, EMA, tau schedule, heads, augmentations."""
+import math
+
+import kornia.augmentation as K
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from byol_wrap import (
+    MLP,
+    blur_kernel_size,
+    byol_augmentation,
+    byol_loss,
+    cosine_tau,
+    default_augmentations,
+    ema_update_,
+    symmetric_byol_loss,
+)
+from byol_wrap.heads import use_sync_batchnorm
+
+
+def reference_loss(q: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """2 - 2 cos(q, z), per row, in float64 with plain numpy."""
+    out = []
+    for a, b in zip(q.astype(np.float64), z.astype(np.float64)):
+        cos = float(np.dot(a, b) / (np.sqrt(np.dot(a, a)) * np.sqrt(np.dot(b, b))))
+        out.append(2.0 - 2.0 * cos)
+    return np.array(out)
+
+
+# ---------------------------------------------------------------- loss
+def test_loss_matches_reference():
+    torch.manual_seed(0)
+    q, z = torch.randn(6, 32), torch.randn(6, 32)
+    np.testing.assert_allclose(byol_loss(q, z).numpy(), reference_loss(q.numpy(), z.numpy()), rtol=1e-5, atol=1e-6)
+
+
+def test_loss_is_squared_distance_of_normalised_vectors_and_bounded():
+    q = torch.tensor([[1.0, 0.0], [1.0, 0.0], [3.0, 4.0]])
+    z = torch.tensor([[2.0, 0.0], [-5.0, 0.0], [0.0, 1.0]])
+    # identical direction -> 0, opposite -> 4, (0.6, 0.8) vs (0, 1) -> ||(0.6, -0.2)||^2 = 0.4
+    torch.testing.assert_close(byol_loss(q, z), torch.tensor([0.0, 4.0, 0.4]))
+
+
+def test_symmetric_loss_pairs_each_prediction_with_the_other_views_target():
+    torch.manual_seed(1)
+    q1, q2, z1, z2 = (torch.randn(5, 8) for _ in range(4))
+    expected = (reference_loss(q1.numpy(), z2.numpy()) + reference_loss(q2.numpy(), z1.numpy())).mean()
+    assert symmetric_byol_loss(q1, q2, z1, z2).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_loss_stops_gradient_on_target_side():
+    q = torch.randn(4, 8, requires_grad=True)
+    z = torch.randn(4, 8, requires_grad=True)
+    byol_loss(q, z).sum().backward()
+    assert q.grad is not None and q.grad.abs().sum() > 0
+    assert z.grad is None
+
+
+def test_loss_runs_in_float32_under_autocast():
+    q = torch.randn(4, 16).bfloat16()
+    z = torch.randn(4, 16).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = byol_loss(q, z)
+    assert out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy(), reference_loss(q.float().numpy(), z.float().numpy()), rtol=1e-5, atol=1e-6)
+
+
+def test_loss_rejects_shape_mismatch():
+    with pytest.raises(ValueError, match="same shape"):
+        byol_loss(torch.randn(4, 8), torch.randn(4, 9))
+
+
+# ---------------------------------------------------------------- EMA and tau
+def test_ema_update_matches_formula():
+    torch.manual_seed(0)
+    target = [torch.randn(3, 4), torch.randn(7)]
+    online = [torch.randn(3, 4), torch.randn(7)]
+    expected = [0.9 * t + 0.1 * o for t, o in zip(target, online)]
+    ema_update_(target, online, tau=0.9)
+    for got, want in zip(target, expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_ema_update_extremes():
+    t, o = [torch.zeros(3)], [torch.ones(3)]
+    ema_update_(t, o, tau=1.0)
+    assert torch.equal(t[0], torch.zeros(3))
+    ema_update_(t, o, tau=0.0)
+    assert torch.equal(t[0], torch.ones(3))
+
+
+def test_ema_update_rejects_bad_input():
+    with pytest.raises(ValueError, match="tau"):
+        ema_update_([torch.zeros(1)], [torch.zeros(1)], tau=1.5)
+    with pytest.raises(ValueError, match="tensors"):
+        ema_update_([torch.zeros(1)], [], tau=0.5)
+    with pytest.raises(ValueError, match="shape"):
+        ema_update_([torch.zeros(2)], [torch.zeros(3)], tau=0.5)
+
+
+@pytest.mark.parametrize("base", [0.99, 0.996])
+def test_cosine_tau_schedule(base):
+    total = 10
+    for k in range(total + 3):
+        kk = min(k, total)
+        expected = 1 - (1 - base) * (math.cos(math.pi * kk / total) + 1) / 2
+        assert cosine_tau(k, total, base) == pytest.approx(expected, abs=1e-12)
+    assert cosine_tau(0, total, base) == pytest.approx(base)
+    assert cosine_tau(total // 2, total, base) == pytest.approx((1 + base) / 2)
+    assert cosine_tau(total, total, base) == pytest.approx(1.0)
+
+
+def test_cosine_tau_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        cosine_tau(0, 0)
+    with pytest.raises(ValueError):
+        cosine_tau(-1, 10)
+    with pytest.raises(ValueError):
+        cosine_tau(0, 10, base_tau=2.0)
+
+
+# ---------------------------------------------------------------- heads
+def test_mlp_structure_and_shapes():
+    head = MLP(32, 16, 64)
+    kinds = [type(m) for m in head]
+    assert kinds == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+    assert (head[0].in_features, head[0].out_features, head[3].out_features) == (32, 64, 16)
+    assert head(torch.randn(4, 32)).shape == (4, 16)
+
+
+def test_mlp_sync_batchnorm_option():
+    assert isinstance(MLP(8, 4, 16, sync_batchnorm=True)[1], nn.SyncBatchNorm)
+    assert not use_sync_batchnorm(None)  # no process group here
+    with pytest.raises(ValueError, match="hidden_size"):
+        MLP(8, 4, 0)
+
+
+# ---------------------------------------------------------------- augmentations
+def _find(pipeline, kind):
+    return [m for m in pipeline if isinstance(m, kind)]
+
+
+def test_default_pipelines_follow_the_paper():
+    t1, t2 = default_augmentations(224)
+    for t in (t1, t2):
+        crop = _find(t, K.RandomResizedCrop)[0]
+        assert crop.flags["size"] == (224, 224)
+        gen = crop._param_generator
+        assert tuple(float(v) for v in gen.scale) == pytest.approx((0.08, 1.0))
+        assert tuple(float(v) for v in gen.ratio) == pytest.approx((3 / 4, 4 / 3))
+        assert _find(t, K.RandomHorizontalFlip)[0].p == 0.5
+        jitter = _find(t, K.ColorJitter)[0]
+        assert jitter.p == 0.8
+        factors = [jitter._param_generator.brightness, jitter._param_generator.contrast,
+                   jitter._param_generator.saturation, jitter._param_generator.hue]
+        assert [float(f) for f in factors] == pytest.approx([0.4, 0.4, 0.2, 0.1])
+        assert _find(t, K.RandomGrayscale)[0].p == 0.2
+        assert isinstance(t[-1], K.Normalize)
+    for t in (t1, t2):
+        blur = _find(t, K.RandomGaussianBlur)[0]
+        assert blur.flags["kernel_size"] == (23, 23)
+        assert tuple(float(v) for v in blur._param_generator.sigma) == pytest.approx((0.1, 2.0))
+    assert _find(t1, K.RandomGaussianBlur)[0].p == 1.0
+    assert _find(t2, K.RandomGaussianBlur)[0].p == 0.1
+    assert not _find(t1, K.RandomSolarize)
+    assert _find(t2, K.RandomSolarize)[0].p == 0.2
+    assert blur_kernel_size(224) == 23 and blur_kernel_size(32) == 3 and blur_kernel_size(96) % 2 == 1
+
+
+def test_augmentations_are_drawn_per_sample():
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 48, 48)
+    batch = image.repeat(8, 1, 1, 1)
+    for view in (1, 2):
+        out = byol_augmentation(32, view=view, normalize=None)(batch)
+        assert out.shape == (8, 3, 32, 32)
+        distinct = {tuple(out[i].flatten()[:64].tolist()) for i in range(8)}
+        assert len(distinct) == 8, "identical images must get different random crops/colours"
+
+
+def test_solarization_of_t_prime_is_the_papers():
+    # With only the solarization stage forced on, T' maps x -> x if x < 0.5 else 1 - x.
+    stage = [m for m in byol_augmentation(8, view=2) if isinstance(m, K.RandomSolarize)][0]
+    x = torch.rand(2, 3, 8, 8)
+    stage.p = 1.0
+    torch.testing.assert_close(stage(x), torch.where(x < 0.5, x, 1 - x))
+
+
+def test_normalisation_is_configurable():
+    t = byol_augmentation(16, normalize=((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+    norm = t[-1]
+    torch.testing.assert_close(norm(torch.full((1, 3, 4, 4), 0.75)), torch.ones(1, 3, 4, 4))
+    assert not any(isinstance(m, K.Normalize) for m in byol_augmentation(16, normalize=None))
+
+
+def test_non_square_output():
+    assert byol_augmentation((24, 40))(torch.rand(2, 3, 50, 50)).shape == (2, 3, 24, 40)
+    with pytest.raises(ValueError, match="view"):
+        byol_augmentation(32, view=3)
