@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import kornia.augmentation as K
 import torch
 from torch import Tensor, nn
 
@@ -52,8 +53,8 @@ class BYOL(nn.Module):
             stop-gradient, no EMA).
         sync_batchnorm: ``nn.SyncBatchNorm`` in projector and predictor; ``None``: when
             torch.distributed is initialised with more than one rank.
-        normalize: ``(mean, std)`` ending the default augmentations (ImageNet statistics
-            by default); ``None`` for none.
+        normalize: ``(mean, std)`` for the default augmentations and for embeddings
+            (ImageNet statistics by default); ``None`` for none.
         token_pool: pooling of 3-D outputs: ``"cls"``, ``"mean"`` (over tokens),
             ``"spatial"`` (``(N, C, L)`` maps) or ``"auto"`` (class token if the net has one).
         pool_fn: a callable replacing the default pooling of the hidden layer's output.
@@ -126,6 +127,11 @@ class BYOL(nn.Module):
             augment_fn, augment_fn2 = default_augmentations(self.input_shape[1:], normalize)
         self.augment1: Augment = augment_fn  # type: ignore[assignment]
         self.augment2: Augment = augment_fn2 if augment_fn2 is not None else augment_fn  # type: ignore[assignment]
+        self.normalizer = (
+            K.Normalize(mean=torch.tensor(normalize[0]), std=torch.tensor(normalize[1]))
+            if self.uses_default_augmentations and normalize is not None
+            else None
+        )
 
         device, dtype = module_device_dtype(net)
         representation_size, unused = self._probe(device, dtype, image_size)
@@ -229,13 +235,14 @@ class BYOL(nn.Module):
         Args:
             x: images ``(N, C, H, W)``, float in [0, 1] or uint8 in [0, 255].
             return_embedding: return ``(projection, representation)`` of the online
-                network for ``x`` as given: no augmentation and no normalisation, so pass
-                images prepared like the training views (e.g. normalised with ``normalize``).
+                network for ``x`` without augmentation (normalised like the default views).
             return_projection: with ``return_embedding``, ``False`` returns the
                 representation alone.
         """
         x = self._check_input(x, augmented=not return_embedding)
         if return_embedding:
+            if self.normalizer is not None:
+                x = self.normalizer(x)
             projection, representation = self._online(self._to_net_dtype(x))
             return (projection, representation) if return_projection else representation
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from byol_wrap import BYOL, cosine_tau
+from byol_wrap import BYOL, IMAGENET_MEAN, IMAGENET_STD, cosine_tau
 
 from conftest import SmallCNN
 
@@ -202,7 +202,7 @@ def test_representation_from_dotted_name_index_and_output():
     torch.manual_seed(0)
     net = torchvision.models.resnet18().eval()
     x = torch.rand(2, 3, 32, 32)
-    xn = x  # embeddings see the input as given: no augmentation, no normalisation
+    xn = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     with torch.no_grad():
         trunk = nn.Sequential(*list(net.children())[:-2])
         layer4 = trunk(xn)
@@ -224,7 +224,8 @@ def test_timm_vit_tokens_are_pooled_by_class_token_or_mean():
     net = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32).eval()
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
-        tokens = net.forward_features(x)
+        tokens = net.forward_features((x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+                                      / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
     for pool, expected in (("cls", tokens[:, 0]), ("mean", tokens.mean(1)), ("auto", tokens[:, 0])):
         learner = BYOL(net, image_size=32, hidden_layer="norm", token_pool=pool, **HEADS).eval()
         with torch.no_grad():
