@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from byol_wrap import BYOL, IMAGENET_MEAN, IMAGENET_STD, embed, knn_accuracy
 
 
-def small_cnn(width: int = 32) -> nn.Sequential:
+def small_cnn(width: int = 16) -> nn.Sequential:
     """Four conv-BN-ReLU blocks (3 with stride 2), global average pool: a ``8 * width``-d representation."""
     layers = []
     channels = [3, width, 2 * width, 4 * width, 8 * width]
@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
     parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--width", type=int, default=32, help="CNN width (representation = 8 x width)")
+    parser.add_argument("--width", type=int, default=16, help="CNN width (representation = 8 x width)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="encoder.pt", help="where to save the trained encoder's state_dict")
     args = parser.parse_args()
