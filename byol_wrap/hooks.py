@@ -81,7 +81,7 @@ def _first_tensor(output: Any, where: str) -> Tensor:
     )
 
 
-def pool(x: Tensor, token_pool: str = "cls", num_prefix_tokens: int = 0) -> Tensor:
+def pool(x: Tensor, token_pool: str = "cls", num_prefix_tokens: int = 0, channels_last: bool = False) -> Tensor:
     """Reduce a layer output to one vector per sample.
 
     4-D ``(N, C, H, W)`` is global-average-pooled over H and W (and any rank above 4,
@@ -90,7 +90,8 @@ def pool(x: Tensor, token_pool: str = "cls", num_prefix_tokens: int = 0) -> Tens
     the tokens after the first ``num_prefix_tokens`` (``"mean"``: class and register
     tokens excluded, as in timm's average pooling); ``"spatial"`` treats 3-D as
     ``(N, C, L)`` feature maps of a 1-D convnet and averages over L; 2-D is returned as
-    it is; 1-D ``(N,)`` becomes ``(N, 1)``.
+    it is; 1-D ``(N,)`` becomes ``(N, 1)``. ``channels_last=True`` reads 4-D outputs as
+    ``(N, H, W, C)`` (timm's Swin and other nets with ``output_fmt="NHWC"``).
 
     Example:
         >>> pool(torch.ones(2, 8, 4, 4)).shape
@@ -100,6 +101,8 @@ def pool(x: Tensor, token_pool: str = "cls", num_prefix_tokens: int = 0) -> Tens
         >>> pool(torch.arange(3.0).view(1, 3, 1), "mean", num_prefix_tokens=1)
         tensor([[1.5000]])
     """
+    if x.ndim == 4 and channels_last:
+        return x.mean(dim=(1, 2))
     if x.ndim >= 4:
         return x.mean(dim=tuple(range(2, x.ndim)))
     if x.ndim == 3:
@@ -137,7 +140,18 @@ def prefix_token_count(net: nn.Module) -> int:
     return int(any(isinstance(getattr(net, attr, None), Tensor) for attr in ("cls_token", "class_token")))
 
 
-def describe_pooling(ndim: int, token_pool: str, num_prefix_tokens: int = 0) -> str:
+def channels_last_outputs(net: nn.Module) -> bool:
+    """Whether the net's 4-D feature maps are ``(N, H, W, C)``: timm nets say so with
+    ``output_fmt="NHWC"`` (Swin); everything else is taken as ``(N, C, H, W)``.
+
+    Example:
+        >>> channels_last_outputs(nn.Conv2d(3, 8, 3))
+        False
+    """
+    return str(getattr(net, "output_fmt", "")).upper().endswith("NHWC")
+
+
+def describe_pooling(ndim: int, token_pool: str, num_prefix_tokens: int = 0, channels_last: bool = False) -> str:
     """In words, what :func:`pool` does to an output of rank ``ndim`` (batch included).
 
     Example:
@@ -145,7 +159,7 @@ def describe_pooling(ndim: int, token_pool: str, num_prefix_tokens: int = 0) -> 
         'mean over H, W'
     """
     if ndim == 4:
-        return "mean over H, W"
+        return "mean over H, W" + (" (N, H, W, C)" if channels_last else "")
     if ndim > 4:
         return "mean over all dims after C"
     if ndim == 3:
@@ -240,7 +254,8 @@ class RepresentationExtractor:
         if self.pool_fn is not None:
             return self.pool_fn(out)
         token_pool = default_token_pool(net) if self.token_pool == "auto" else self.token_pool
-        return pool(out, token_pool, prefix_token_count(net) if token_pool == "mean" else 0)
+        prefix = prefix_token_count(net) if token_pool == "mean" else 0
+        return pool(out, token_pool, prefix, channels_last_outputs(net))
 
 
 def infer_input_shape(
@@ -364,6 +379,7 @@ def list_layers(
     x = torch.zeros((2, *shape), device=device, dtype=dtype)
     pool_mode = default_token_pool(net) if token_pool == "auto" else token_pool
     prefix = prefix_token_count(net) if pool_mode == "mean" else 0
+    channels_last = channels_last_outputs(net)
     outputs: Dict[str, Tuple[str, Tensor]] = {}
     calls: Dict[str, int] = {}
     handles = []
@@ -396,23 +412,25 @@ def list_layers(
     for name, (kind, out) in outputs.items():
         # -1 means the net's output, so the last child has no index of its own
         index = children.index(name) - len(children) if name in children else None
-        rows.append(_layer_row(name, kind, out, pool_mode, prefix, calls[name], index if index != -1 else None))
+        rows.append(_layer_row(name, kind, out, pool_mode, prefix, channels_last, calls[name],
+                               index if index != -1 else None))
     try:
         out = _first_tensor(final, "forward")
-        rows.append(_layer_row(None, type(net).__name__, out, pool_mode, prefix, 1, -1))
+        rows.append(_layer_row(None, type(net).__name__, out, pool_mode, prefix, channels_last, 1, -1))
     except TypeError:
         pass
     return rows
 
 
-def _layer_row(name: Optional[str], kind: str, out: Tensor, pool_mode: str, prefix: int, calls: int,
-               child_index: Optional[int]) -> Dict[str, Any]:
+def _layer_row(name: Optional[str], kind: str, out: Tensor, pool_mode: str, prefix: int, channels_last: bool,
+               calls: int, child_index: Optional[int]) -> Dict[str, Any]:
     try:
-        size: Optional[int] = int(pool(out, pool_mode, prefix).shape[-1])
+        size: Optional[int] = int(pool(out, pool_mode, prefix, channels_last).shape[-1])
     except ValueError:  # too few tokens for the prefix: not a usable representation
         size = None
     return {"name": name, "type": kind, "output_shape": tuple(out.shape[1:]), "representation_size": size,
-            "pooling": describe_pooling(out.ndim, pool_mode, prefix), "calls": calls, "child_index": child_index}
+            "pooling": describe_pooling(out.ndim, pool_mode, prefix, channels_last), "calls": calls,
+            "child_index": child_index}
 
 
 def format_layers(rows: Sequence[Dict[str, Any]], max_depth: Optional[int] = None) -> str:

@@ -370,3 +370,20 @@ def test_token_pooling_matches_timm_and_skips_prefix_tokens() -> None:
     torch.testing.assert_close(pool(tokens, "mean", num_prefix_tokens=1), torch.tensor([[6.0, 7.0, 8.0]]))
     assert prefix_token_count(torchvision.models.vit_b_16(image_size=32)) == 1
     assert prefix_token_count(cnn()) == 0
+
+
+def test_channels_last_feature_maps_of_timm_swin() -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=32, window_size=2,
+                             depths=(1, 1, 1, 1)).eval()
+    rows = {row["name"]: row for row in list_layers(swin, 32)}
+    assert rows["norm"]["output_shape"] == (1, 1, 768)  # (H, W, C): 32 / 4 / 2 / 2 / 2
+    assert rows["norm"]["representation_size"] == 768
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ours = RepresentationExtractor("layers.2")(swin, x)
+        by_hand = swin.layers[2](swin.layers[1](swin.layers[0](swin.patch_embed(x)))).mean(dim=(1, 2))
+        torch.testing.assert_close(ours, by_hand)
+        torch.testing.assert_close(RepresentationExtractor("norm")(swin, x),
+                                   swin.forward_head(swin.forward_features(x), pre_logits=True))
