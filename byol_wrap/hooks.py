@@ -120,7 +120,7 @@ def pool(x: Tensor, token_pool: str = "cls", num_prefix_tokens: int = 0, channel
         raise ValueError(f"token_pool must be 'cls', 'mean' or 'spatial' here, got {token_pool!r}")
     if x.ndim == 2:
         return x
-    return x.flatten(1)
+    return x.reshape(x.shape[0], 1)
 
 
 def prefix_token_count(net: nn.Module) -> int:
@@ -267,7 +267,8 @@ def infer_input_shape(
 
     ``input_shape`` wins when given (e.g. ``(channels, length)`` for a 1-D signal
     encoder). Otherwise ``(C, H, W)`` from ``image_size`` with C the ``in_channels`` of
-    the net's first convolution (3 if it has none).
+    the net's first convolution (3 if it has none); a net whose first convolution is a
+    ``Conv1d`` or ``Conv3d`` raises a ValueError asking for ``input_shape``.
 
     Example:
         >>> infer_input_shape(nn.Conv2d(1, 8, 3), 28)

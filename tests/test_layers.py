@@ -368,6 +368,7 @@ def test_token_pooling_matches_timm_and_skips_prefix_tokens() -> None:
         torch.testing.assert_close(ours, timms)
     tokens = torch.arange(12.0).view(1, 4, 3)
     torch.testing.assert_close(pool(tokens, "mean", num_prefix_tokens=1), torch.tensor([[6.0, 7.0, 8.0]]))
+    torch.testing.assert_close(pool(torch.tensor([1.0, 2.0])), torch.tensor([[1.0], [2.0]]))  # one scalar each
     assert prefix_token_count(torchvision.models.vit_b_16(image_size=32)) == 1
     assert prefix_token_count(cnn()) == 0
 
