@@ -8,7 +8,7 @@ seed and the losses and every gradient are compared for exact equality.
 
 Usage:
     python benchmarks/early_exit.py                      # prints a markdown report
-    python benchmarks/early_exit.py --out benchmarks/results/early_exit.md
+    python benchmarks/early_exit.py --out benchmarks/results/early_exit.md   # appends to the file
 """
 from __future__ import annotations
 
@@ -107,8 +107,11 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=10, help="timed steps per setting")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--out", default=None, help="also write the markdown report here")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     images = torch.rand(args.batch_size, 3, args.image_size, args.image_size)
@@ -118,7 +121,7 @@ def main() -> None:
         "",
         f"Command: `{command.strip()}`  ",
         f"Machine: {os.cpu_count()}-core CPU, shared with other jobs, noisy; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}.  ",
+        f"{torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()}.  ",
         f"One BYOL training step (default augmentations, batch {args.batch_size}, {args.image_size}x{args.image_size}, "
         f"projector 4096-256, SGD, EMA), median of {args.repeats} steps per setting, settings alternated "
         f"in one process.",
@@ -142,7 +145,7 @@ def main() -> None:
     print(report)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as handle:
+        with open(args.out, "a") as handle:  # appends, so several runs can share one file
             handle.write(report)
 
 
