@@ -11,7 +11,7 @@ from .byol import BYOL
 from .ema import cosine_tau, ema_update_
 from .heads import MLP
 from .knn import embed, knn_accuracy, knn_predict
-from .hooks import RepresentationExtractor, list_layers, pool, resolve_layer
+from .hooks import RepresentationExtractor, format_layers, list_layers, pool, print_layers, resolve_layer
 from .loss import byol_loss, symmetric_byol_loss
 
 __version__ = "0.1.0"
@@ -29,10 +29,12 @@ __all__ = [
     "default_augmentations",
     "ema_update_",
     "embed",
+    "format_layers",
     "knn_accuracy",
     "knn_predict",
     "list_layers",
     "pool",
+    "print_layers",
     "resolve_layer",
     "symmetric_byol_loss",
 ]

@@ -31,6 +31,61 @@ from .hooks import image_size_pair
 IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
 Normalization = Optional[Tuple[Sequence[float], Sequence[float]]]
+#: ``BYOL``'s default ``normalize``; compared by identity to tell "not given" from "given".
+DEFAULT_NORMALIZATION: Tuple[Tuple[float, float, float], Tuple[float, float, float]] = (IMAGENET_MEAN, IMAGENET_STD)
+
+
+class ChannelNormalize(nn.Module):
+    """``(x - mean[c]) / std[c]`` along dim 1 of a batch of any rank ``(N, C, ...)``.
+
+    Works for images with any number of channels and for 1-D signals ``(N, C, L)``;
+    one value for ``mean`` and ``std`` applies to every channel.
+
+    Example:
+        >>> ChannelNormalize([0.5, 0.0], [0.5, 2.0])(torch.ones(1, 2, 3))
+        tensor([[[1.0000, 1.0000, 1.0000],
+                 [0.5000, 0.5000, 0.5000]]])
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        std_t = torch.as_tensor(std, dtype=torch.float32).flatten()
+        if mean_t.numel() == 0 or mean_t.shape != std_t.shape:
+            raise ValueError(f"normalize needs mean and std of equal, non-zero length, got {list(mean_t.shape)} "
+                             f"and {list(std_t.shape)} values")
+        if not bool((std_t > 0).all()):
+            raise ValueError(f"normalize std values must be positive, got {std_t.tolist()}")
+        self.register_buffer("mean", mean_t, persistent=False)
+        self.register_buffer("std", std_t, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim < 2 or self.mean.numel() not in (1, x.shape[1]):
+            raise ValueError(f"normalize has {self.mean.numel()} values per statistic but the batch has shape "
+                             f"{tuple(x.shape)} (channels in dim 1)")
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return (x - self.mean.view(shape).to(x)) / self.std.view(shape).to(x)
+
+
+def check_normalization(normalize: Normalization, channels: int) -> None:
+    """Raise a ValueError unless ``normalize`` is ``None`` or ``(mean, std)`` with 1 or
+    ``channels`` values each.
+
+    Example:
+        >>> check_normalization(([0.5] * 4, [0.25] * 4), channels=4)
+    """
+    if normalize is None:
+        return
+    try:
+        mean, std = normalize
+        lengths = {len(torch.as_tensor(mean).flatten()), len(torch.as_tensor(std).flatten())}
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"normalize must be None or a pair (mean, std) of sequences of floats, got {normalize!r}") from error
+    if not lengths <= {1, channels}:
+        raise ValueError(
+            f"normalize has mean/std of {sorted(lengths)} values but the inputs have {channels} channels; "
+            f"give one value per channel (or one for all)"
+        )
 
 
 def blur_kernel_size(side: int) -> int:

@@ -8,7 +8,14 @@ import kornia.augmentation as K
 import torch
 from torch import Tensor, nn
 
-from .augment import IMAGENET_MEAN, IMAGENET_STD, Normalization, default_augmentations, to_float_images
+from .augment import (
+    DEFAULT_NORMALIZATION,
+    ChannelNormalize,
+    Normalization,
+    check_normalization,
+    default_augmentations,
+    to_float_images,
+)
 from .ema import cosine_tau, ema_update_
 from .heads import MLP
 from .hooks import (
@@ -23,6 +30,22 @@ from .hooks import (
 from .loss import symmetric_byol_loss
 
 Augment = Callable[[Tensor], Tensor]
+
+
+def default_augmentations_error(input_shape: Sequence[int]) -> str:
+    """The message for inputs the default (RGB image) augmentations cannot handle."""
+    shape = tuple(input_shape)
+    if len(shape) != 3:
+        what = (f"inputs of shape {shape} are not (channels, height, width) images, so the default image "
+                f"augmentations cannot apply")
+        example = "e.g. random crops, scaling, jitter or added noise for 1-D signals"
+    else:
+        what = (f"the default augmentations are the paper's colour augmentations for 3-channel RGB images, "
+                f"but the net takes {shape[0]}-channel images {shape}")
+        example = (f"e.g. nn.Sequential(K.RandomResizedCrop({tuple(shape[1:])}), K.RandomHorizontalFlip()) with "
+                   f"kornia.augmentation as K, and normalize=(mean, std) with one value per channel")
+    return (f"{what}. Pass augment_fn (and optionally augment_fn2 for the second view): callables that take a "
+            f"batch (N, {', '.join(map(str, shape))}) and return a randomly augmented batch, {example}.")
 
 
 class BYOL(nn.Module):
@@ -53,8 +76,11 @@ class BYOL(nn.Module):
             stop-gradient, no EMA).
         sync_batchnorm: ``nn.SyncBatchNorm`` in projector and predictor; ``None``: when
             torch.distributed is initialised with more than one rank.
-        normalize: ``(mean, std)`` for the default augmentations and for embeddings
-            (ImageNet statistics by default); ``None`` for none.
+        normalize: ``(mean, std)``, one value per input channel, ending the default
+            augmentations and applied to embedding inputs (ImageNet statistics by
+            default); ``None`` for none. With your own ``augment_fn`` the default is
+            not applied (normalise inside it); statistics you pass explicitly end your
+            augmentations too and apply to embedding inputs, for any channel count.
         token_pool: pooling of 3-D outputs: ``"cls"``, ``"mean"`` (over tokens),
             ``"spatial"`` (``(N, C, L)`` maps) or ``"auto"`` (class token if the net has one).
         pool_fn: a callable replacing the default pooling of the hidden layer's output.
@@ -88,7 +114,7 @@ class BYOL(nn.Module):
         use_momentum: bool = True,
         sync_batchnorm: Optional[bool] = None,
         *,
-        normalize: Normalization = (IMAGENET_MEAN, IMAGENET_STD),
+        normalize: Normalization = DEFAULT_NORMALIZATION,
         token_pool: str = "auto",
         pool_fn: Optional[Callable[[Tensor], Tensor]] = None,
         early_exit: bool = True,
@@ -120,10 +146,8 @@ class BYOL(nn.Module):
         self.uses_default_augmentations = augment_fn is None and augment_fn2 is None
         if self.uses_default_augmentations:
             if len(self.input_shape) != 3 or self.input_shape[0] != 3:
-                raise ValueError(
-                    f"the default augmentations are for 3-channel (RGB) images, but the net takes input of "
-                    f"shape {self.input_shape}; pass augment_fn (and augment_fn2) that work on your inputs"
-                )
+                raise ValueError(default_augmentations_error(self.input_shape))
+            check_normalization(normalize, 3)
             augment_fn, augment_fn2 = default_augmentations(self.input_shape[1:], normalize)
         self.augment1: Augment = augment_fn  # type: ignore[assignment]
         self.augment2: Augment = augment_fn2 if augment_fn2 is not None else augment_fn  # type: ignore[assignment]
@@ -132,6 +156,13 @@ class BYOL(nn.Module):
             if self.uses_default_augmentations and normalize is not None
             else None
         )
+        # Statistics given explicitly with custom augmentations end those augmentations.
+        self.normalize_views = not self.uses_default_augmentations and normalize is not None and (
+            normalize is not DEFAULT_NORMALIZATION
+        )
+        if self.normalize_views:
+            check_normalization(normalize, self.input_shape[0])
+            self.normalizer = ChannelNormalize(*normalize)  # type: ignore[misc]
 
         device, dtype = module_device_dtype(net)
         representation_size, unused = self._probe(device, dtype, image_size)
@@ -246,8 +277,10 @@ class BYOL(nn.Module):
             projection, representation = self._online(self._to_net_dtype(x))
             return (projection, representation) if return_projection else representation
 
-        view1 = self._to_net_dtype(self.augment1(x))
-        view2 = self._to_net_dtype(self.augment2(x))
+        view1, view2 = self.augment1(x), self.augment2(x)
+        if self.normalize_views:
+            view1, view2 = self.normalizer(view1), self.normalizer(view2)  # type: ignore[misc]
+        view1, view2 = self._to_net_dtype(view1), self._to_net_dtype(view2)
         if self.concat_views:
             projection, _ = self._online(torch.cat((view1, view2)))
             q1, q2 = self.predictor(projection).chunk(2)
