@@ -97,7 +97,7 @@ class BYOL(nn.Module):
         >>> learner = BYOL(torchvision.models.resnet18(), image_size=32, hidden_layer="avgpool")
         >>> loss = learner(torch.rand(4, 3, 32, 32))
         >>> loss.backward()
-        >>> learner.update_moving_average()
+        >>> tau = learner.update_moving_average()
     """
 
     def __init__(

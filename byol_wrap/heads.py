@@ -31,6 +31,7 @@ class MLP(nn.Sequential):
             initialised with more than one rank).
 
     Example:
+        >>> import torch
         >>> head = MLP(512, 256, 4096)
         >>> head(torch.randn(8, 512)).shape
         torch.Size([8, 256])

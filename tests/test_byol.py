@@ -226,7 +226,9 @@ def test_timm_vit_tokens_are_pooled_by_class_token_or_mean():
     with torch.no_grad():
         tokens = net.forward_features((x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
                                       / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
-    for pool, expected in (("cls", tokens[:, 0]), ("mean", tokens.mean(1)), ("auto", tokens[:, 0])):
+    # mean pooling leaves out the class token, as timm's global_pool="avg" does
+    patch_mean = tokens[:, net.num_prefix_tokens:].mean(1)
+    for pool, expected in (("cls", tokens[:, 0]), ("mean", patch_mean), ("auto", tokens[:, 0])):
         learner = BYOL(net, image_size=32, hidden_layer="norm", token_pool=pool, **HEADS).eval()
         with torch.no_grad():
             got = learner(x, return_embedding=True, return_projection=False)
