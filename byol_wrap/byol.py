@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-import kornia.augmentation as K
 import torch
 from torch import Tensor, nn
 
@@ -151,18 +150,14 @@ class BYOL(nn.Module):
             augment_fn, augment_fn2 = default_augmentations(self.input_shape[1:], normalize)
         self.augment1: Augment = augment_fn  # type: ignore[assignment]
         self.augment2: Augment = augment_fn2 if augment_fn2 is not None else augment_fn  # type: ignore[assignment]
-        self.normalizer = (
-            K.Normalize(mean=torch.tensor(normalize[0]), std=torch.tensor(normalize[1]))
-            if self.uses_default_augmentations and normalize is not None
-            else None
-        )
         # Statistics given explicitly with custom augmentations end those augmentations.
         self.normalize_views = not self.uses_default_augmentations and normalize is not None and (
             normalize is not DEFAULT_NORMALIZATION
         )
         if self.normalize_views:
             check_normalization(normalize, self.input_shape[0])
-            self.normalizer = ChannelNormalize(*normalize)  # type: ignore[misc]
+        use_normalizer = normalize is not None and (self.uses_default_augmentations or self.normalize_views)
+        self.normalizer = ChannelNormalize(*normalize) if use_normalizer else None  # type: ignore[misc]
 
         device, dtype = module_device_dtype(net)
         representation_size, unused = self._probe(device, dtype, image_size)
