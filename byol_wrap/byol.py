@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD, Normalization, default_augmentations, to_float_images
 from .ema import cosine_tau, ema_update_
-from .heads import MLP
+from .heads import MLP, use_sync_batchnorm
 from .hooks import (
     LayerSpec,
     RepresentationExtractor,
@@ -52,7 +52,8 @@ class BYOL(nn.Module):
         use_momentum: ``False`` gives the SimSiam variant (target = online under
             stop-gradient, no EMA).
         sync_batchnorm: ``nn.SyncBatchNorm`` in projector and predictor; ``None``: when
-            torch.distributed is initialised with more than one rank.
+            torch.distributed is initialised with more than one rank and ``net`` is not on
+            the CPU (torch has no SyncBatchNorm for CPU).
         normalize: ``(mean, std)`` for the default augmentations and for embeddings
             (ImageNet statistics by default); ``None`` for none.
         token_pool: pooling of 3-D outputs: ``"cls"``, ``"mean"`` (over tokens),
@@ -140,6 +141,7 @@ class BYOL(nn.Module):
         # gradient; DistributedDataParallel would fail on them without this list.
         self._ddp_params_and_buffers_to_ignore = [f"net.{name}" for name in unused]
 
+        sync_batchnorm = use_sync_batchnorm(sync_batchnorm, device)  # None: not on CPU, which has no SyncBatchNorm
         with torch.random.fork_rng(devices=cuda_rng_devices(device)):
             self.projector = MLP(representation_size, projection_size, projection_hidden_size, sync_batchnorm)
             self.predictor = MLP(projection_size, projection_size, projection_hidden_size, sync_batchnorm)

@@ -4,13 +4,17 @@ from __future__ import annotations
 import warnings
 from typing import Optional
 
+import torch
 import torch.distributed as dist
-from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch import nn
 
 
-def use_sync_batchnorm(sync_batchnorm: Optional[bool] = None) -> bool:
+def use_sync_batchnorm(sync_batchnorm: Optional[bool] = None, device: Optional[torch.device] = None) -> bool:
     """Resolve the ``sync_batchnorm`` option: ``None`` means "when distributed with >1 rank".
+
+    With ``device`` on CPU, ``None`` resolves to ``False`` (with a warning when distributed):
+    torch has no SyncBatchNorm kernels for CPU, and DistributedDataParallel refuses
+    SyncBatchNorm layers in a CPU module.
 
     Example:
         >>> use_sync_batchnorm(False)
@@ -18,37 +22,16 @@ def use_sync_batchnorm(sync_batchnorm: Optional[bool] = None) -> bool:
     """
     if sync_batchnorm is not None:
         return bool(sync_batchnorm)
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-class SyncBatchNormWithCPUFallback(nn.SyncBatchNorm):
-    """``nn.SyncBatchNorm`` that normalises with the local batch on CPU.
-
-    torch has SyncBatchNorm kernels for GPUs only: ``nn.SyncBatchNorm`` raises on CPU
-    inputs once torch.distributed is initialised. ``sync_batchnorm=None`` uses this class
-    so that a multi-process CPU run (gloo) still trains, with a warning that each process
-    normalises with its own batch statistics. On GPU it is ``nn.SyncBatchNorm``.
-
-    Example:
-        >>> bn = SyncBatchNormWithCPUFallback(8)
-        >>> bn(torch.randn(4, 8)).shape
-        torch.Size([4, 8])
-    """
-
-    _warned = False
-
-    def forward(self, input: Tensor) -> Tensor:
-        if input.device.type != "cpu":
-            return super().forward(input)
-        if self.training and use_sync_batchnorm(None) and not SyncBatchNormWithCPUFallback._warned:
-            SyncBatchNormWithCPUFallback._warned = True
-            warnings.warn(
-                "SyncBatchNorm has no CPU implementation in torch: on CPU, the BatchNorm layers of the BYOL "
-                "projector and predictor use each process's own batch statistics",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        return _BatchNorm.forward(self, input)
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if distributed and device is not None and torch.device(device).type == "cpu":
+        warnings.warn(
+            "torch has no SyncBatchNorm for CPU: the BYOL projector and predictor use BatchNorm1d with each "
+            "process's own batch statistics. Build the learner on its GPU (BYOL(net.to(device), ...)) to sync them.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
+    return distributed
 
 
 class MLP(nn.Sequential):
@@ -60,8 +43,7 @@ class MLP(nn.Sequential):
         projection_size: output size (256 in the paper).
         hidden_size: hidden size (4096 in the paper).
         sync_batchnorm: use ``nn.SyncBatchNorm`` (``None``: only when torch.distributed is
-            initialised with more than one rank, and then with local statistics for CPU
-            inputs, see :class:`SyncBatchNormWithCPUFallback`).
+            initialised with more than one rank).
 
     Example:
         >>> head = MLP(512, 256, 4096)
@@ -79,9 +61,7 @@ class MLP(nn.Sequential):
         for name, value in (("dim", dim), ("projection_size", projection_size), ("hidden_size", hidden_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        norm = nn.BatchNorm1d
-        if use_sync_batchnorm(sync_batchnorm):
-            norm = nn.SyncBatchNorm if sync_batchnorm else SyncBatchNormWithCPUFallback
+        norm = nn.SyncBatchNorm if use_sync_batchnorm(sync_batchnorm) else nn.BatchNorm1d
         super().__init__(
             nn.Linear(dim, hidden_size),
             norm(hidden_size),
