@@ -17,6 +17,15 @@ from byol_wrap import BYOL, ddp_params_to_ignore, unwrap
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread beats contending for the cores of a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def launch(out, parts="example,control,syncbn", device="cpu", nproc=2, timeout=300):
     """Run tests/ddp_worker.py in ``nproc`` processes with torchrun; return what each rank saved."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
