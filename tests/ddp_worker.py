@@ -11,6 +11,7 @@ Each rank writes what it observed to ``--out``; the test process compares the ra
    on CPU its forward is replaced by :func:`cpu_sync_batchnorm_forward`, written here from
    the definition of cross-process batch normalisation, and DDP's device check is
    skipped; on GPUs the real ``nn.SyncBatchNorm`` runs.
+4. ``examples/lightning_byol.py`` with Lightning's DDP strategy in the same processes.
 """
 from __future__ import annotations
 
@@ -108,9 +109,17 @@ def build_syncbn_pair(device: torch.device):
 
 
 def part_syncbn(out: str, rank: int, world: int, device: torch.device) -> None:
+    saved = nn.SyncBatchNorm.forward, DistributedDataParallel._passing_sync_batchnorm_handle
     if device.type == "cpu":
         nn.SyncBatchNorm.forward = cpu_sync_batchnorm_forward
         DistributedDataParallel._passing_sync_batchnorm_handle = lambda self, module: None
+    try:
+        _compare_syncbn(out, rank, world, device)
+    finally:
+        nn.SyncBatchNorm.forward, DistributedDataParallel._passing_sync_batchnorm_handle = saved
+
+
+def _compare_syncbn(out: str, rank: int, world: int, device: torch.device) -> None:
     synced, reference = build_syncbn_pair(device)
     norm_types = {name: type(m).__name__ for name, m in synced.named_modules() if isinstance(m, _BatchNorm)}
     model = DistributedDataParallel(synced, device_ids=[device.index] if device.type == "cuda" else None)
@@ -145,10 +154,36 @@ def part_syncbn(out: str, rank: int, world: int, device: torch.device) -> None:
     torch.save(record, os.path.join(out, f"syncbn_rank{rank}.pt"))
 
 
+def part_lightning(out: str, rank: int) -> None:
+    """examples/lightning_byol.py with Lightning's DDP strategy inside these torchrun processes."""
+    import lightning
+    import lightning_byol
+
+    seen = {}
+
+    class RecordWrapper(lightning.Callback):
+        def on_train_start(self, trainer, module):
+            wrapper = trainer.strategy.model
+            seen.update(wrapper=type(wrapper).__name__,
+                        find_unused_parameters=getattr(wrapper, "find_unused_parameters", None),
+                        parameters_to_ignore=sorted(getattr(wrapper, "parameters_to_ignore", [])))
+
+    trainer, module = lightning_byol.main(
+        ["--synthetic", "64", "--arch", "tiny", "--image-size", "16", "--batch-size", "4", "--projection-size", "16",
+         "--projection-hidden-size", "32", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
+         "--max-steps", "2"],
+        callbacks=[RecordWrapper()])
+    torch.save(
+        dict(seen, params={k: v.detach().cpu() for k, v in module.learner.named_parameters()},
+             ema_step=module.learner.ema_step, global_step=trainer.global_step, world_size=trainer.world_size),
+        os.path.join(out, f"lightning_rank{rank}.pt"),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
-    parser.add_argument("--parts", default="example,control,syncbn")
+    parser.add_argument("--parts", default="example,control,syncbn,lightning")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="torch has no SyncBatchNorm for CPU")
     rank, world, device = ddp_torchrun.init_distributed()
@@ -160,9 +195,12 @@ def main() -> None:
             part_control(args.out, rank, device)
         if "syncbn" in parts:
             part_syncbn(args.out, rank, world, device)
+        if "lightning" in parts:
+            part_lightning(args.out, rank)
         dist.barrier()
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 tests/ddp_worker.py runs in both processes and saves what each rank saw; the tests here
 compare the ranks with each other and with a one-process computation on the double batch.
 """
+import importlib.util
 import os
 import subprocess
 import sys
@@ -26,7 +27,11 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def launch(out, parts="example,control,syncbn", device="cpu", nproc=2, timeout=300):
+HAVE_LIGHTNING = importlib.util.find_spec("lightning") is not None
+PARTS = "example,control,syncbn" + (",lightning" if HAVE_LIGHTNING else "")
+
+
+def launch(out, parts=PARTS, device="cpu", nproc=2, timeout=300):
     """Run tests/ddp_worker.py in ``nproc`` processes with torchrun; return what each rank saved."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if device == "cpu":
@@ -100,6 +105,18 @@ def test_syncbn_two_ranks_of_b_equal_one_process_of_2b(ranks):
         # after two SGD + EMA steps: parameters, target and BatchNorm running statistics agree
         for name, value in record["state"].items():
             torch.testing.assert_close(value, record["ref_state"][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.skipif(not HAVE_LIGHTNING, reason="pip install lightning (in the [test] extra)")
+def test_lightning_ddp_strategy_without_find_unused_parameters(ranks):
+    r0, r1 = ranks[0]["lightning"], ranks[1]["lightning"]
+    for rank in (r0, r1):
+        assert rank["world_size"] == 2 and rank["wrapper"] == "DistributedDataParallel"
+        assert rank["find_unused_parameters"] is False
+        assert rank["parameters_to_ignore"] == ["learner.net.fc.bias", "learner.net.fc.weight"]
+        assert rank["global_step"] == 2 and rank["ema_step"] == 2
+    for name, value in r0["params"].items():
+        assert torch.equal(value, r1["params"][name]), name
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="the real nn.SyncBatchNorm (CUDA kernels, NCCL) needs 2 GPUs")
