@@ -1,5 +1,10 @@
 """Step time of a BYOL training step under torch.compile, channels_last and bf16 autocast.
 
+Variants: ``eager`` (float32), ``channels_last`` (learner and images), ``bf16``
+(``torch.autocast`` with bfloat16), ``compile`` (``torch.compile(learner)``, inductor), and
+``compile-nohook``: the backbone's ``fc`` replaced by ``nn.Identity`` and read at its output
+(``hidden_layer=-1``), so that no temporary hook breaks the compiled graph.
+
 A step is what a training loop does per batch: both augmented views, online and target
 forward passes, the loss, backward, an optimizer step and the EMA update. Every variant
 trains its own copy of the same learner on the same random uint8 images (the images'
@@ -17,6 +22,7 @@ import contextlib
 import copy
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -27,12 +33,23 @@ import torchvision
 
 from byol_wrap import BYOL, unwrap
 
-VARIANTS = ("eager", "channels_last", "bf16", "compile", "compile+channels_last")
+VARIANTS = ("eager", "channels_last", "bf16", "compile", "compile+channels_last", "compile-nohook",
+            "compile-nohook+channels_last")
+
+
+def without_hook(learner: BYOL) -> BYOL:
+    """The same backbone with its classifier replaced by ``nn.Identity``, read at its output
+    (``hidden_layer=-1``): no temporary hook, hence fewer graph breaks under torch.compile."""
+    net = copy.deepcopy(learner.net)
+    net.fc = torch.nn.Identity()
+    return BYOL(net, image_size=learner.input_shape[1:], hidden_layer=-1,
+                projection_size=learner.projector[-1].out_features,
+                projection_hidden_size=learner.projector[0].out_features)
 
 
 def make_step(learner: BYOL, variant: str, device: torch.device) -> Callable[[torch.Tensor], float]:
     """A closure running one training step of ``variant`` on its own copy of ``learner``."""
-    learner = copy.deepcopy(learner)
+    learner = without_hook(learner) if "nohook" in variant else copy.deepcopy(learner)
     channels_last = "channels_last" in variant
     if channels_last:
         learner = learner.to(memory_format=torch.channels_last)
@@ -66,6 +83,7 @@ def main(argv: List[str] = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--machine", default="unspecified machine", help="described in the output")
     parser.add_argument("--out", default=None, help="markdown file for the table")
+    parser.add_argument("--append", action="store_true", help="append to --out instead of replacing it")
     args = parser.parse_args(argv)
     variants = args.variants.split(",")
     unknown = set(variants) - set(VARIANTS)
@@ -104,9 +122,9 @@ def main(argv: List[str] = None) -> None:
         print(f"round {round_ + 1}/{args.rounds} done", flush=True)
 
     base = statistics.median(times[variants[0]])
-    command = "python " + " ".join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
+    command = "python " + shlex.join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
     lines = [
-        "# BYOL step time: torch.compile, channels_last, bf16 autocast",
+        "## BYOL step time: torch.compile, channels_last, bf16 autocast",
         "",
         f"Command: `{command}`",
         "",
@@ -127,8 +145,8 @@ def main(argv: List[str] = None) -> None:
     print(table)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(table)
+        with open(args.out, "a" if args.append else "w") as f:
+            f.write(("\n" if args.append else "") + table)
 
 
 if __name__ == "__main__":

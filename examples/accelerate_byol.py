@@ -2,14 +2,17 @@
 
 Configure once (``accelerate config``) or pass the options on the command line:
 
-    accelerate launch --num_processes 8 --mixed_precision bf16 examples/accelerate_byol.py --data cifar10_small.npz
-    accelerate launch --num_machines 2 --machine_rank 0 --main_process_ip HOST --main_process_port 29500 \\
-        --num_processes 16 examples/accelerate_byol.py --data cifar10_small.npz
+    accelerate launch --multi_gpu --num_processes 8 --mixed_precision bf16 examples/accelerate_byol.py \\
+        --data cifar10_small.npz
+    accelerate launch --multi_gpu --num_machines 2 --machine_rank 0 --main_process_ip HOST \\
+        --main_process_port 29500 --num_processes 16 examples/accelerate_byol.py --data cifar10_small.npz
 
-CPU, a smoke test on random images:
+CPU, a smoke test on random images, in one process or (gloo, via torchrun) in two:
 
     python examples/accelerate_byol.py --cpu --synthetic 256 --arch tiny --batch-size 16 \\
         --projection-hidden-size 64 --max-steps 5 --accumulate 2
+    torchrun --standalone --nproc_per_node=2 examples/accelerate_byol.py --cpu --synthetic 256 --arch tiny \\
+        --batch-size 16 --projection-hidden-size 64 --max-steps 5 --accumulate 2
 
 What matters for BYOL with accelerate:
 
@@ -79,6 +82,7 @@ def build(args: argparse.Namespace):
 def train(accelerator: Accelerator, model, optimizer, scheduler, loader, steps: int, args: argparse.Namespace) -> int:
     """The training loop; returns the number of optimizer steps taken."""
     torch.manual_seed(args.seed + accelerator.process_index)  # different augmentations per process
+    accelerator.print(f"{accelerator.num_processes} process(es) on {accelerator.device}, {steps} optimizer steps")
     step = 0
     for _ in range(args.epochs):
         for (images,) in loader:
