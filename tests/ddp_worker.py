@@ -73,6 +73,8 @@ def part_example(out: str, rank: int, world: int, device: torch.device) -> None:
             "params": {k: v.detach().cpu() for k, v in learner.named_parameters()},
             "buffers": {k: v.detach().cpu() for k, v in learner.named_buffers()},
             "ema_step": learner.ema_step,
+            "head_norms": sorted({type(m).__name__ for m in (*learner.projector, *learner.predictor)
+                                  if isinstance(m, _BatchNorm)}),
             "find_unused_parameters": model.find_unused_parameters,
             "parameters_to_ignore": sorted(model.parameters_to_ignore),
         },

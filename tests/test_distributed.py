@@ -81,6 +81,8 @@ def test_update_moving_average_through_unwrap_on_every_rank(ranks):
 def test_no_unused_parameter_error_without_find_unused_parameters(ranks):
     for rank in ranks:
         assert rank["example"]["find_unused_parameters"] is False
+        # sync_batchnorm=None on CPU: BatchNorm1d (DDP refuses SyncBatchNorm in a CPU module)
+        assert rank["example"]["head_norms"] == ["BatchNorm1d"]
         # the classifier after hidden_layer="pool" is what BYOL never uses
         assert rank["example"]["parameters_to_ignore"] == ["net.fc.bias", "net.fc.weight"]
         # control: the same DDP without the learner's list fails on the second iteration
