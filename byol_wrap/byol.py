@@ -16,7 +16,7 @@ from .augment import (
     to_float_images,
 )
 from .ema import cosine_tau, ema_update_
-from .heads import MLP
+from .heads import MLP, use_sync_batchnorm
 from .hooks import (
     LayerSpec,
     RepresentationExtractor,
@@ -74,7 +74,8 @@ class BYOL(nn.Module):
         use_momentum: ``False`` gives the SimSiam variant (target = online under
             stop-gradient, no EMA).
         sync_batchnorm: ``nn.SyncBatchNorm`` in projector and predictor; ``None``: when
-            torch.distributed is initialised with more than one rank.
+            torch.distributed is initialised with more than one rank and ``net`` is not on
+            the CPU (torch has no SyncBatchNorm for CPU).
         normalize: ``(mean, std)``, one value per input channel, ending the default
             augmentations and applied to embedding inputs (ImageNet statistics by
             default); ``None`` for none. With your own ``augment_fn`` the default is
@@ -166,6 +167,7 @@ class BYOL(nn.Module):
         # gradient; DistributedDataParallel would fail on them without this list.
         self._ddp_params_and_buffers_to_ignore = [f"net.{name}" for name in unused]
 
+        sync_batchnorm = use_sync_batchnorm(sync_batchnorm, device)  # None: not on CPU, which has no SyncBatchNorm
         with torch.random.fork_rng(devices=cuda_rng_devices(device)):
             self.projector = MLP(representation_size, projection_size, projection_hidden_size, sync_batchnorm)
             self.predictor = MLP(projection_size, projection_size, projection_hidden_size, sync_batchnorm)

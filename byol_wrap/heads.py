@@ -1,14 +1,20 @@
 """Projector and predictor heads: Linear -> BatchNorm1d -> ReLU -> Linear."""
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
+import torch
 import torch.distributed as dist
 from torch import nn
 
 
-def use_sync_batchnorm(sync_batchnorm: Optional[bool] = None) -> bool:
+def use_sync_batchnorm(sync_batchnorm: Optional[bool] = None, device: Optional[torch.device] = None) -> bool:
     """Resolve the ``sync_batchnorm`` option: ``None`` means "when distributed with >1 rank".
+
+    With ``device`` on CPU, ``None`` resolves to ``False`` (with a warning when distributed):
+    torch has no SyncBatchNorm kernels for CPU, and DistributedDataParallel refuses
+    SyncBatchNorm layers in a CPU module.
 
     Example:
         >>> use_sync_batchnorm(False)
@@ -16,7 +22,16 @@ def use_sync_batchnorm(sync_batchnorm: Optional[bool] = None) -> bool:
     """
     if sync_batchnorm is not None:
         return bool(sync_batchnorm)
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if distributed and device is not None and torch.device(device).type == "cpu":
+        warnings.warn(
+            "torch has no SyncBatchNorm for CPU: the BYOL projector and predictor use BatchNorm1d with each "
+            "process's own batch statistics. Build the learner on its GPU (BYOL(net.to(device), ...)) to sync them.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
+    return distributed
 
 
 class MLP(nn.Sequential):
