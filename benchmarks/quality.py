@@ -40,6 +40,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="path to cifar10_small.npz (default: $BYOL_WRAP_DATA)")
     parser.add_argument("--synthetic", action="store_true", help="use small synthetic data (smoke runs)")
+    parser.add_argument("--synthetic-sizes", type=int, nargs=2, default=[512, 256], metavar=("TRAIN", "TEST"))
     parser.add_argument("--contestants", nargs="+", default=["random", "byol-wrap", "byol-pytorch",
                                                              "byol-pytorch-classic"], choices=CONTESTANTS)
     parser.add_argument("--steps", type=int, default=150, help="optimizer steps per contestant")
@@ -124,7 +125,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     path = None if args.synthetic else resolve_data_path(args.data)
     if path is None and not args.synthetic:
         raise SystemExit("give --data PATH (or set BYOL_WRAP_DATA), or --synthetic")
-    data = load_data(path)
+    data = load_data(path, tuple(args.synthetic_sizes))
     payload: Dict[str, Any] = {
         "command": "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine_description(), "data": str(path) if path else "synthetic",

@@ -124,10 +124,10 @@ class IdealStep:
 class LibraryStep:
     """One training step of a library contestant (forward, backward, Adam, EMA)."""
 
-    def __init__(self, name: str, arch: str, image_size: int) -> None:
+    def __init__(self, name: str, arch: str, image_size: int, hidden: int = 4096) -> None:
         self.learner = make_learner(
             name.replace("+aug", ""), make_backbone(arch), image_size, hidden_layer_of(arch), None,
-            augment=name.endswith("+aug"),
+            projection_hidden_size=hidden, augment=name.endswith("+aug"),
         )
         self.learner.train()
         self.optimizer = torch.optim.Adam([p for p in self.learner.parameters() if p.requires_grad], lr=1e-3)
@@ -140,18 +140,19 @@ class LibraryStep:
         self.learner.update_moving_average()
 
 
-def build(name: str, arch: str, image_size: int) -> Callable[[Tensor], None]:
+def build(name: str, arch: str, image_size: int, hidden: int = 4096) -> Callable[[Tensor], None]:
+    """Contestant ``name`` as a callable doing one training step on a batch."""
     torch.manual_seed(0)
     if name.startswith("ideal"):
-        return IdealStep(arch, concat=name.endswith("concat"))
-    return LibraryStep(name, arch, image_size)
+        return IdealStep(arch, concat=name.endswith("concat"), hidden=hidden)
+    return LibraryStep(name, arch, image_size, hidden)
 
 
 def time_steps(names: Sequence[str], arch: str, image_size: int, batch_size: int, steps: int,
-               warmup: int) -> Dict[str, List[float]]:
+               warmup: int, hidden: int = 4096) -> Dict[str, List[float]]:
     """Seconds per step of every contestant, measured round-robin."""
     x = torch.rand(batch_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-    runners = {name: build(name, arch, image_size) for name in names}
+    runners = {name: build(name, arch, image_size, hidden) for name in names}
     times: Dict[str, List[float]] = {name: [] for name in names}
     for repeat in range(warmup + steps):
         for name, run in runners.items():
@@ -172,10 +173,10 @@ def time_steps(names: Sequence[str], arch: str, image_size: int, batch_size: int
     return times
 
 
-def time_ema(arch: str, repeats: int) -> Dict[str, float]:
+def time_ema(arch: str, repeats: int, hidden: int = 4096) -> Dict[str, float]:
     """Median seconds of one EMA update over backbone + projector: fused vs loops."""
     torch.manual_seed(0)
-    online = list(make_backbone(arch).parameters()) + list(mlp(representation_size(arch), 256, 4096).parameters())
+    online = list(make_backbone(arch).parameters()) + list(mlp(representation_size(arch), 256, hidden).parameters())
     target = [p.detach().clone() for p in online]
     lucid_target = [nn.Parameter(p.detach().clone(), requires_grad=False) for p in online]
     tau = 0.996
@@ -201,10 +202,10 @@ def time_ema(arch: str, repeats: int) -> Dict[str, float]:
     return {name: median(values) for name, values in results.items()}
 
 
-def memory_child(name: str, arch: str, image_size: int, batch_size: int) -> Dict[str, float]:
+def memory_child(name: str, arch: str, image_size: int, batch_size: int, hidden: int = 4096) -> Dict[str, float]:
     """Peak-RSS growth (MiB) over two steps of ``name``, after building it (run in a fresh process)."""
     x = torch.rand(batch_size, 3, image_size, image_size)
-    run = build(name, arch, image_size)
+    run = build(name, arch, image_size, hidden)
     gc.collect()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     run(x)
@@ -214,12 +215,13 @@ def memory_child(name: str, arch: str, image_size: int, batch_size: int) -> Dict
 
 
 def measure_memory(names: Sequence[str], arch: str, image_size: int, batch_size: int,
-                   threads: int) -> Dict[str, Dict[str, float]]:
+                   threads: int, hidden: int = 4096) -> Dict[str, Dict[str, float]]:
     """Run :func:`memory_child` for each contestant in its own subprocess."""
     out = {}
     for name in names:
         command = [sys.executable, str(Path(__file__).resolve()), "--memory-child", name, "--arch", arch,
-                   "--sizes", str(image_size), "--batch-size", str(batch_size), "--threads", str(threads)]
+                   "--sizes", str(image_size), "--batch-size", str(batch_size), "--threads", str(threads),
+                   "--projection-hidden-size", str(hidden)]
         result = subprocess.run(command, capture_output=True, text=True, check=True)
         out[name] = json.loads(result.stdout.strip().splitlines()[-1])
     return out
@@ -263,6 +265,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=15, help="timed steps per contestant (after warm-up)")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--projection-hidden-size", type=int, default=4096, help="hidden size of both heads")
     parser.add_argument("--ema-repeats", type=int, default=50)
     parser.add_argument("--contestants", nargs="+", default=list(SPEED_CONTESTANTS), choices=SPEED_CONTESTANTS)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
@@ -277,24 +280,26 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_child:
-        print(json.dumps(memory_child(args.memory_child, args.arch, args.sizes[0], args.batch_size)))
+        print(json.dumps(memory_child(args.memory_child, args.arch, args.sizes[0], args.batch_size,
+                                        args.projection_hidden_size)))
         return {}
     payload: Dict[str, Any] = {
         "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine_description(), "arch": args.arch, "batch_size": args.batch_size,
         "steps": args.steps, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "sizes": {},
     }
-    ema = time_ema(args.arch, args.ema_repeats)
+    hidden = args.projection_hidden_size
+    ema = time_ema(args.arch, args.ema_repeats, hidden)
     payload["ema_seconds"] = ema
     payload["d_ema_speedup_vs_inplace_loop"] = ema["inplace-loop"] / ema["fused"]
     payload["d_ema_speedup_vs_byol_pytorch_loop"] = ema["byol-pytorch-loop"] / ema["fused"]
     print(f"EMA: fused {1e3 * ema['fused']:.2f} ms, in-place loop {1e3 * ema['inplace-loop']:.2f} ms, "
           f"byol-pytorch loop {1e3 * ema['byol-pytorch-loop']:.2f} ms", flush=True)
     for size in args.sizes:
-        times = time_steps(args.contestants, args.arch, size, args.batch_size, args.steps, args.warmup)
+        times = time_steps(args.contestants, args.arch, size, args.batch_size, args.steps, args.warmup, hidden)
         medians = {name: median(values) for name, values in times.items()}
         memory = {} if args.no_memory else measure_memory(
-            [n for n in MEMORY_CONTESTANTS if n in args.contestants], args.arch, size, args.batch_size, args.threads)
+            [n for n in MEMORY_CONTESTANTS if n in args.contestants], args.arch, size, args.batch_size, args.threads, hidden)
         payload["sizes"][str(size)] = {"median_seconds": medians, "all_seconds": times, "memory": memory,
                                        "ratios": ratios(medians, memory)}
         write_json(args.out, payload)

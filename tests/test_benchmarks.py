@@ -54,7 +54,7 @@ def test_quality_script_runs_and_summarizes(tmp_path):
     out = tmp_path / "q.json"
     quality.main(["--synthetic", "--steps", "2", "--batch-size", "8", "--width", "4", "--seeds", "0",
                   "--lrs", "1e-3", "--projection-hidden-size", "16", "--eval-every", "1", "--out", str(out),
-                  "--contestants", "random", "byol-wrap", "byol-pytorch-classic"])
+                  "--contestants", "random", "byol-wrap", "byol-pytorch-classic", "--synthetic-sizes", "64", "32"])
     payload = json.loads(out.read_text())
     assert [r["contestant"] for r in payload["runs"]] == ["random", "byol-wrap", "byol-pytorch-classic"]
     assert all(0.0 <= r["knn_top1"] <= 1.0 for r in payload["runs"])
@@ -74,7 +74,7 @@ def test_summarize_mean_and_spread():
 def test_speed_script_runs(tmp_path):
     out = tmp_path / "s.json"
     speed.main(["--arch", "smallcnn", "--sizes", "32", "--batch-size", "4", "--steps", "1", "--warmup", "0",
-                "--ema-repeats", "1", "--no-memory", "--out", str(out)])
+                "--ema-repeats", "1", "--projection-hidden-size", "16", "--no-memory", "--out", str(out)])
     payload = json.loads(out.read_text())
     ratios = payload["sizes"]["32"]["ratios"]
     for key in ("a_wrap_vs_ideal", "b_wrap_vs_byol_pytorch", "c_augment_share_direct", "per_view_vs_concat_wrap"):
