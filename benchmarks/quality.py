@@ -84,29 +84,44 @@ def markdown_table(rows: List[Dict[str, Any]]) -> str:
 
 
 def plot(files: Sequence[Path], png: Path) -> None:
-    """kNN accuracy against steps for every run in ``files`` (random init as a horizontal line)."""
+    """kNN accuracy against steps, mean over seeds (band: min-max), one colour per contestant
+    and one line style per learning rate. Every curve starts at step 0 from the random-init
+    accuracy of the same seeds (a trained contestant starts from exactly that network)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    runs = [run for file in files for run in json.loads(Path(file).read_text())["runs"]]
+    start = {run["seed"]: 100 * run["knn_top1"] for run in runs if run["contestant"] == "random"}
+    groups: Dict[tuple, Dict[int, List[float]]] = {}
+    for run in runs:
+        if run["contestant"] == "random":
+            continue
+        points = groups.setdefault((run["contestant"], run["lr"], run["steps"]), {})
+        if run["seed"] in start:
+            points.setdefault(0, []).append(start[run["seed"]])
+        for step, accuracy in run["curve"]:
+            points.setdefault(step, []).append(100 * accuracy)
+    colours = {name: f"C{i}" for i, name in enumerate(CONTESTANTS)}
+    lrs = sorted({key[1] for key in groups})
+    styles = ["-", "--", ":", "-."]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    random_levels = []
-    for file in files:
-        for run in json.loads(Path(file).read_text())["runs"]:
-            if run["contestant"] == "random":
-                random_levels.append(100 * run["knn_top1"])
-                continue
-            xs = [0] + [s for s, _ in run["curve"]]
-            ys = [None] + [100 * a for _, a in run["curve"]]
-            label = f"{run['contestant']} lr={run['lr']:g} seed={run['seed']} ({run['steps']} steps)"
-            ax.plot(xs[1:], ys[1:], marker="o", label=label)
-    if random_levels:
-        level = statistics.mean(random_levels)
-        ax.axhline(level, color="gray", linestyle="--", label=f"random init (mean {level:.1f})")
-    ax.set_xlabel("optimizer steps")
+    for (name, lr, steps), points in sorted(groups.items()):
+        xs = sorted(points)
+        mean = [statistics.mean(points[x]) for x in xs]
+        n = max(len(v) for v in points.values())
+        style = styles[lrs.index(lr) % len(styles)]
+        ax.plot(xs, mean, style, marker="o", color=colours[name], label=f"{name}, lr {lr:g} ({n} seed{'s' * (n > 1)})")
+        if n > 1:
+            ax.fill_between(xs, [min(points[x]) for x in xs], [max(points[x]) for x in xs],
+                            color=colours[name], alpha=0.12)
+    if start:
+        level = statistics.mean(start.values())
+        ax.axhline(level, color="gray", linestyle=":", label=f"random init (mean {level:.1f})")
+    ax.set_xlabel("optimizer steps (batch %s)" % ",".join(sorted({str(r["batch_size"]) for r in runs})))
     ax.set_ylabel("weighted kNN top-1 (%)")
-    ax.set_title("BYOL on cifar10_small, SmallCNN, CPU")
+    ax.set_title("BYOL on cifar10_small, SmallCNN, CPU (k=200, T=0.1)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
