@@ -30,7 +30,6 @@ import argparse
 import copy
 import gc
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -202,16 +201,30 @@ def time_ema(arch: str, repeats: int, hidden: int = 4096) -> Dict[str, float]:
     return {name: median(values) for name, values in results.items()}
 
 
+def _status_kib(field: str) -> int:
+    """A ``VmRSS``/``VmHWM`` line of ``/proc/self/status``, in KiB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not found in /proc/self/status (peak memory needs Linux)")
+
+
 def memory_child(name: str, arch: str, image_size: int, batch_size: int, hidden: int = 4096) -> Dict[str, float]:
-    """Peak-RSS growth (MiB) over two steps of ``name``, after building it (run in a fresh process)."""
+    """Peak-RSS growth (MiB) over two steps of ``name``, after building it (run in a fresh process).
+
+    The peak (``VmHWM``) is reset to the current RSS through ``/proc/self/clear_refs``
+    once the model is built, so imports and construction do not count; ``ru_maxrss`` is
+    not usable here because a child process inherits its parent's value.
+    """
     x = torch.rand(batch_size, 3, image_size, image_size)
     run = build(name, arch, image_size, hidden)
     gc.collect()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status_kib("VmRSS")
     run(x)
     run(x)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"peak_growth_mib": (after - before) / 1024.0, "base_mib": before / 1024.0}
+    peak = _status_kib("VmHWM")
+    return {"peak_growth_mib": (peak - before) / 1024.0, "base_mib": before / 1024.0}
 
 
 def measure_memory(names: Sequence[str], arch: str, image_size: int, batch_size: int,
@@ -269,6 +282,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--ema-repeats", type=int, default=50)
     parser.add_argument("--contestants", nargs="+", default=list(SPEED_CONTESTANTS), choices=SPEED_CONTESTANTS)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--memory-only", action="store_true", help="only the peak-memory subprocesses")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "speed.json")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
@@ -289,6 +303,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "steps": args.steps, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "sizes": {},
     }
     hidden = args.projection_hidden_size
+    if args.memory_only:
+        for size in args.sizes:
+            memory = measure_memory([n for n in MEMORY_CONTESTANTS if n in args.contestants], args.arch, size,
+                                    args.batch_size, args.threads, hidden)
+            payload["sizes"][str(size)] = {"memory": memory, "ratios": ratios({}, memory)}
+            write_json(args.out, payload)
+            for name, value in memory.items():
+                print(f"{size}px {name:>22}: peak +{value['peak_growth_mib']:.0f} MiB over {value['base_mib']:.0f} MiB")
+        return payload
     ema = time_ema(args.arch, args.ema_repeats, hidden)
     payload["ema_seconds"] = ema
     payload["d_ema_speedup_vs_inplace_loop"] = ema["inplace-loop"] / ema["fused"]
@@ -298,10 +321,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     for size in args.sizes:
         times = time_steps(args.contestants, args.arch, size, args.batch_size, args.steps, args.warmup, hidden)
         medians = {name: median(values) for name, values in times.items()}
+        minimums = {name: min(values) for name, values in times.items()}
         memory = {} if args.no_memory else measure_memory(
             [n for n in MEMORY_CONTESTANTS if n in args.contestants], args.arch, size, args.batch_size, args.threads, hidden)
-        payload["sizes"][str(size)] = {"median_seconds": medians, "all_seconds": times, "memory": memory,
-                                       "ratios": ratios(medians, memory)}
+        payload["sizes"][str(size)] = {"median_seconds": medians, "min_seconds": minimums, "all_seconds": times,
+                                       "memory": memory, "ratios": ratios(medians, memory),
+                                       "ratios_of_minimums": ratios(minimums, memory)}
         write_json(args.out, payload)
         print(f"--- {args.arch} {size}px batch {args.batch_size}")
         for name, value in medians.items():
