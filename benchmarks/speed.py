@@ -30,6 +30,7 @@ import argparse
 import copy
 import gc
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -271,6 +272,38 @@ def ratios(t: Dict[str, float], memory: Dict[str, Dict[str, float]]) -> Dict[str
     return r
 
 
+PAIRS = {
+    "a_wrap_vs_ideal": ("byol-wrap", "ideal"),
+    "a_wrap_concat_vs_ideal_concat": ("byol-wrap-concat", "ideal-concat"),
+    "b_wrap_vs_byol_pytorch": ("byol-wrap", "byol-pytorch"),
+    "b_wrap_vs_byol_pytorch_classic": ("byol-wrap", "byol-pytorch-classic"),
+    "b_wrap_concat_vs_byol_pytorch_classic": ("byol-wrap-concat", "byol-pytorch-classic"),
+    "per_view_vs_concat_wrap": ("byol-wrap", "byol-wrap-concat"),
+    "per_view_vs_concat_ideal": ("ideal", "ideal-concat"),
+    "wrap_without_vs_with_augmentation": ("byol-wrap", "byol-wrap+aug"),
+    "c_augment_share_direct": ("augment-only", "byol-wrap+aug"),
+}
+
+
+def paired_ratios(times: Dict[str, List[float]]) -> Dict[str, Dict[str, float]]:
+    """Ratios of two contestants' step times taken within the same round, summarised.
+
+    On a shared machine the load changes from one round to the next; a ratio of two
+    steps run seconds apart cancels most of that. Returns median and quartiles per pair.
+
+    Example:
+        >>> paired_ratios({"byol-wrap": [2.0, 4.0], "ideal": [1.0, 2.0]})["a_wrap_vs_ideal"]["median"]
+        2.0
+    """
+    out = {}
+    for key, (a, b) in PAIRS.items():
+        if a in times and b in times:
+            values = sorted(x / y for x, y in zip(times[a], times[b]))
+            quartiles = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+            out[key] = {"median": median(values), "q1": quartiles[0], "q3": quartiles[2], "n": len(values)}
+    return out
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="resnet18", choices=["resnet18", "smallcnn"])
@@ -326,7 +359,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             [n for n in MEMORY_CONTESTANTS if n in args.contestants], args.arch, size, args.batch_size, args.threads, hidden)
         payload["sizes"][str(size)] = {"median_seconds": medians, "min_seconds": minimums, "all_seconds": times,
                                        "memory": memory, "ratios": ratios(medians, memory),
-                                       "ratios_of_minimums": ratios(minimums, memory)}
+                                       "ratios_of_minimums": ratios(minimums, memory),
+                                       "paired_ratios": paired_ratios(times)}
         write_json(args.out, payload)
         print(f"--- {args.arch} {size}px batch {args.batch_size}")
         for name, value in medians.items():
@@ -334,6 +368,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             print(f"{name:>22}: {1e3 * value:8.1f} ms{mem}")
         for key, value in payload["sizes"][str(size)]["ratios"].items():
             print(f"{key:>40}: {value:.3f}")
+        for key, value in payload["sizes"][str(size)]["paired_ratios"].items():
+            print(f"{key:>40}: paired median {value['median']:.3f} (quartiles {value['q1']:.3f}-{value['q3']:.3f})")
         sys.stdout.flush()
     return payload
 

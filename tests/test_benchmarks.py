@@ -80,3 +80,11 @@ def test_speed_script_runs(tmp_path):
     for key in ("a_wrap_vs_ideal", "b_wrap_vs_byol_pytorch", "c_augment_share_direct", "per_view_vs_concat_wrap"):
         assert ratios[key] > 0
     assert payload["d_ema_speedup_vs_inplace_loop"] > 0
+    assert payload["sizes"]["32"]["paired_ratios"]["a_wrap_vs_ideal"]["n"] == 1
+
+
+def test_paired_ratios_cancel_a_load_change_between_rounds():
+    # round 2 runs 3x slower for everybody (load); within each round wrap is 1.1x ideal
+    times = {"byol-wrap": [1.1, 3.3, 1.1], "ideal": [1.0, 3.0, 1.0]}
+    summary = speed.paired_ratios(times)["a_wrap_vs_ideal"]
+    assert summary["median"] == pytest.approx(1.1) and summary["n"] == 3
