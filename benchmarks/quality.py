@@ -53,6 +53,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "quality.json", help="JSON results file")
     parser.add_argument("--plot", type=Path, nargs="+", help="only plot these result files (no training)")
+    parser.add_argument("--plot-min-steps", type=int, default=0, help="plot only runs of at least this many steps")
     parser.add_argument("--png", type=Path, default=RESULTS_DIR / "quality_curve.png")
     return parser.parse_args(argv)
 
@@ -83,7 +84,7 @@ def markdown_table(rows: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(files: Sequence[Path], png: Path) -> None:
+def plot(files: Sequence[Path], png: Path, min_steps: int = 0) -> None:
     """kNN accuracy against steps, mean over seeds (band: min-max), one colour per contestant
     and one line style per learning rate. Every curve starts at step 0 from the random-init
     accuracy of the same seeds (a trained contestant starts from exactly that network)."""
@@ -96,7 +97,7 @@ def plot(files: Sequence[Path], png: Path) -> None:
     start = {run["seed"]: 100 * run["knn_top1"] for run in runs if run["contestant"] == "random"}
     groups: Dict[tuple, Dict[int, List[float]]] = {}
     for run in runs:
-        if run["contestant"] == "random":
+        if run["contestant"] == "random" or run["steps"] < min_steps:
             continue
         points = groups.setdefault((run["contestant"], run["lr"], run["steps"]), {})
         if run["seed"] in start:
@@ -133,7 +134,7 @@ def plot(files: Sequence[Path], png: Path) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
     if args.plot:
-        plot(args.plot, args.png)
+        plot(args.plot, args.png, args.plot_min_steps)
         return {}
     if args.threads:
         torch.set_num_threads(args.threads)
