@@ -106,14 +106,15 @@ def plot(files: Sequence[Path], png: Path, min_steps: int = 0) -> None:
             points.setdefault(step, []).append(100 * accuracy)
     colours = {name: f"C{i}" for i, name in enumerate(CONTESTANTS)}
     lrs = sorted({key[1] for key in groups})
+    lengths = sorted({key[2] for key in groups}, reverse=True)
     styles = ["-", "--", ":", "-."]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (name, lr, steps), points in sorted(groups.items()):
         xs = sorted(points)
         mean = [statistics.mean(points[x]) for x in xs]
         n = max(len(v) for v in points.values())
-        style = styles[lrs.index(lr) % len(styles)]
-        ax.plot(xs, mean, style, marker="o", color=colours[name], label=f"{name}, lr {lr:g} ({n} seed{'s' * (n > 1)})")
+        style = styles[lrs.index(lr) % len(styles)] if len(lrs) > 1 else styles[lengths.index(steps) % len(styles)]
+        ax.plot(xs, mean, style, marker="o", color=colours[name], label=f"{name}, lr {lr:g}, {steps}-step run ({n} seed{'s' * (n > 1)})")
         if n > 1:
             ax.fill_between(xs, [min(points[x]) for x in xs], [max(points[x]) for x in xs],
                             color=colours[name], alpha=0.12)
