@@ -1,0 +1,242 @@
+"""Shared pieces of the benchmarks: data, the small CNN, the contestants, training and kNN.
+
+Every benchmark script imports this module, so all contestants get the same backbone,
+data, optimizer and evaluation. Run the scripts from the repository root
+(``python benchmarks/quality.py ...``); they put the repository first on ``sys.path``
+so that the working copy of ``byol_wrap`` is the one measured.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from byol_wrap import BYOL, IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from byol_wrap.knn import embed, knn_accuracy  # noqa: E402
+
+DATA_ENV = "BYOL_WRAP_DATA"
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+CONTESTANTS = ("random", "byol-wrap", "byol-wrap-concat", "byol-pytorch", "byol-pytorch-classic")
+
+
+# ---------------------------------------------------------------------------- data
+def resolve_data_path(path: Optional[str]) -> Optional[Path]:
+    """The .npz path from the argument, else from ``$BYOL_WRAP_DATA``; ``None`` if neither.
+
+    Raises:
+        FileNotFoundError: when a path is given but does not exist.
+    """
+    chosen = path or os.environ.get(DATA_ENV)
+    if not chosen:
+        return None
+    resolved = Path(chosen)
+    if not resolved.is_file():
+        raise FileNotFoundError(
+            f"no data file at {resolved}; pass --data PATH/cifar10_small.npz (or set {DATA_ENV}), "
+            f"or --synthetic for random images"
+        )
+    return resolved
+
+
+def load_data(path: Optional[Path], synthetic_sizes: Tuple[int, int] = (512, 256)) -> Dict[str, Tensor]:
+    """Images as uint8 ``(N, 3, 32, 32)`` tensors and int64 labels.
+
+    With ``path=None`` returns synthetic data (random images whose mean colour depends on
+    the label, so kNN has something to find) of ``synthetic_sizes`` = (train, test).
+
+    Example:
+        >>> data = load_data(None, (20, 10))
+        >>> data["x_train"].shape, data["y_test"].shape
+        (torch.Size([20, 3, 32, 32]), torch.Size([10]))
+    """
+    if path is None:
+        generator = torch.Generator().manual_seed(0)
+        out: Dict[str, Tensor] = {}
+        for split, n in zip(("train", "test"), synthetic_sizes):
+            labels = torch.arange(n) % 10
+            base = (labels.float() / 9.0 * 160 + 40).view(n, 1, 1, 1)
+            noise = torch.randint(-40, 41, (n, 3, 32, 32), generator=generator).float()
+            out[f"x_{split}"] = (base + noise).clamp(0, 255).to(torch.uint8)
+            out[f"y_{split}"] = labels
+        return out
+    with np.load(path) as arrays:
+        return {
+            "x_train": torch.from_numpy(arrays["x_train"]).permute(0, 3, 1, 2).contiguous(),
+            "y_train": torch.from_numpy(arrays["y_train"]).long(),
+            "x_test": torch.from_numpy(arrays["x_test"]).permute(0, 3, 1, 2).contiguous(),
+            "y_test": torch.from_numpy(arrays["y_test"]).long(),
+        }
+
+
+# ---------------------------------------------------------------------------- backbone
+class SmallCNN(nn.Module):
+    """A 4-stage conv net for 32x32 images (about 0.3 M parameters at ``width=32``).
+
+    ``hidden_layer="flatten"`` gives the ``8 * width`` pooled features; ``fc`` is a
+    classifier head that BYOL does not use (as in torchvision models).
+
+    Example:
+        >>> SmallCNN(8)(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, width: int = 32, num_classes: int = 10) -> None:
+        super().__init__()
+        channels = [3, width, 2 * width, 4 * width, 8 * width]
+        layers: List[nn.Module] = []
+        for i in range(4):
+            layers += [
+                nn.Conv2d(channels[i], channels[i + 1], 3, padding=1, bias=False),
+                nn.BatchNorm2d(channels[i + 1]),
+                nn.ReLU(inplace=True),
+            ]
+            if i < 3:
+                layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(channels[-1], num_classes)
+        self.feature_size = channels[-1]
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The representation BYOL trains (output of ``flatten``)."""
+        return self.flatten(self.pool(self.features(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.forward_features(x))
+
+
+def normalize_images(x: Tensor) -> Tensor:
+    """uint8 or [0, 1] images -> float, ImageNet-normalised (what both libraries' views end with)."""
+    x = x.float().div(255) if x.dtype == torch.uint8 else x
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+# ---------------------------------------------------------------------------- kNN
+@torch.no_grad()
+def knn_eval(net: SmallCNN, data: Dict[str, Tensor], k: int = 200, temperature: float = 0.1) -> float:
+    """Weighted kNN top-1 (0-1) of ``net``'s features: bank = train split, queries = test split.
+
+    Features of un-augmented, normalised images, in eval mode; the net's train/eval
+    flag is restored afterwards.
+    """
+    was_training = net.training
+    net.eval()
+    try:
+        encode = lambda x: net.forward_features(normalize_images(x))  # noqa: E731
+        train = embed(encode, data["x_train"])
+        test = embed(encode, data["x_test"])
+    finally:
+        net.train(was_training)
+    return knn_accuracy(train, data["y_train"], test, data["y_test"], k=k, temperature=temperature)
+
+
+# ---------------------------------------------------------------------------- contestants
+def make_learner(
+    name: str,
+    net: nn.Module,
+    image_size: int,
+    hidden_layer: Any,
+    total_steps: Optional[int],
+    projection_hidden_size: int = 4096,
+    augment: bool = True,
+) -> nn.Module:
+    """Build contestant ``name`` around ``net`` (see :data:`CONTESTANTS`, minus ``random``).
+
+    ``augment=False`` passes the identity as augmentation to both views.
+    """
+    identity: Optional[Callable[[Tensor], Tensor]] = None if augment else (lambda x: x)
+    if name in ("byol-wrap", "byol-wrap-concat"):
+        return BYOL(
+            net, image_size=image_size, hidden_layer=hidden_layer, projection_hidden_size=projection_hidden_size,
+            augment_fn=identity, total_steps=total_steps, concat_views=name.endswith("concat"),
+        )
+    if name in ("byol-pytorch", "byol-pytorch-classic"):
+        from byol_pytorch import BYOL as LucidBYOL
+
+        return LucidBYOL(
+            net, image_size=image_size, hidden_layer=hidden_layer, projection_hidden_size=projection_hidden_size,
+            augment_fn=identity, augment_fn2=identity, use_simplicial_embeddings=not name.endswith("classic"),
+        )
+    raise ValueError(f"unknown contestant {name!r}; choose from {', '.join(CONTESTANTS[1:])}")
+
+
+def train_and_eval(
+    name: str,
+    data: Dict[str, Tensor],
+    steps: int,
+    lr: float,
+    seed: int,
+    batch_size: int = 256,
+    width: int = 32,
+    projection_hidden_size: int = 1024,
+    eval_every: int = 0,
+    log: Callable[[str], None] = print,
+) -> Dict[str, Any]:
+    """Pretrain contestant ``name`` for ``steps`` Adam steps, then kNN-evaluate its encoder.
+
+    ``random`` trains nothing. With ``eval_every > 0`` the kNN accuracy is also taken
+    every ``eval_every`` steps (the curve). Returns a JSON-able dict.
+    """
+    torch.manual_seed(seed)
+    net = SmallCNN(width)
+    curve: List[Tuple[int, float]] = []
+    started = time.perf_counter()
+    if name != "random":
+        learner = make_learner(name, net, 32, "flatten", steps, projection_hidden_size)
+        learner.train()
+        optimizer = torch.optim.Adam([p for p in learner.parameters() if p.requires_grad], lr=lr)
+        generator = torch.Generator().manual_seed(seed)
+        x_train = data["x_train"]
+        for step in range(1, steps + 1):
+            index = torch.randint(0, x_train.shape[0], (batch_size,), generator=generator)
+            loss = learner(x_train[index].float().div_(255))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            learner.update_moving_average()
+            if eval_every and step % eval_every == 0 and step < steps:
+                curve.append((step, knn_eval(net, data)))
+                log(f"{name} lr={lr:g} seed={seed} step {step}: loss {loss.item():.4f} knn {curve[-1][1]:.4f}")
+            elif step % 50 == 0:
+                log(f"{name} lr={lr:g} seed={seed} step {step}: loss {loss.item():.4f}")
+    train_seconds = time.perf_counter() - started
+    accuracy = knn_eval(net, data)
+    curve.append((steps if name != "random" else 0, accuracy))
+    return {
+        "contestant": name, "lr": lr, "seed": seed, "steps": steps, "batch_size": batch_size,
+        "width": width, "projection_hidden_size": projection_hidden_size,
+        "knn_top1": accuracy, "curve": curve, "train_seconds": round(train_seconds, 1),
+    }
+
+
+# ---------------------------------------------------------------------------- reporting helpers
+def machine_description() -> str:
+    """One line naming the CPU, thread count and torch version."""
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"torch.get_num_threads()={torch.get_num_threads()}, torch {torch.__version__}")
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write ``payload`` as indented JSON, creating the parent folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")

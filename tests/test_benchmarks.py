@@ -1,0 +1,90 @@
+"""Smoke tests: each benchmark script runs a couple of steps on tiny synthetic data.
+
+They keep the scripts working; the numbers they print are not checked (timings on a
+shared machine are noise), but the structure of the results and the kNN evaluation are.
+"""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import common  # noqa: E402
+import quality  # noqa: E402
+import speed  # noqa: E402
+
+
+def test_knn_eval_separates_classes_that_differ_in_brightness():
+    # Synthetic classes differ by mean brightness (independent of any training); a random
+    # CNN with a global-average-pooled feature sees that, so kNN must beat chance (10%) by far.
+    torch.manual_seed(0)
+    data = common.load_data(None, (200, 100))
+    accuracy = common.knn_eval(common.SmallCNN(8), data, k=10)
+    assert accuracy > 0.5
+
+
+def test_load_data_reads_npz_layout(tmp_path):
+    x = (torch.arange(2 * 32 * 32 * 3) % 256).to(torch.uint8).reshape(2, 32, 32, 3).numpy()
+    path = tmp_path / "d.npz"
+    import numpy as np
+
+    np.savez(path, x_train=x, y_train=np.array([3, 4]), x_test=x[:1], y_test=np.array([5]))
+    data = common.load_data(common.resolve_data_path(str(path)))
+    assert data["x_train"].shape == (2, 3, 32, 32)
+    assert data["x_train"][1, 2, 0, 0].item() == x[1, 0, 0, 2]  # HWC -> CHW
+    assert data["y_test"].tolist() == [5]
+    with pytest.raises(FileNotFoundError):
+        common.resolve_data_path(str(tmp_path / "missing.npz"))
+
+
+def test_ideal_step_matches_hand_computed_ema():
+    torch.manual_seed(0)
+    step = speed.IdealStep("smallcnn", concat=False, hidden=16, tau=0.9)
+    before_target = [t.clone() for t in step.target]
+    step(torch.rand(4, 3, 32, 32))
+    for old, t, o in zip(before_target, step.target, step.online):
+        torch.testing.assert_close(t, 0.9 * old + 0.1 * o.detach())
+
+
+def test_quality_script_runs_and_summarizes(tmp_path):
+    out = tmp_path / "q.json"
+    quality.main(["--synthetic", "--steps", "2", "--batch-size", "8", "--width", "4", "--seeds", "0",
+                  "--lrs", "1e-3", "--projection-hidden-size", "16", "--eval-every", "1", "--out", str(out),
+                  "--contestants", "random", "byol-wrap", "byol-pytorch-classic", "--synthetic-sizes", "64", "32"])
+    payload = json.loads(out.read_text())
+    assert [r["contestant"] for r in payload["runs"]] == ["random", "byol-wrap", "byol-pytorch-classic"]
+    assert all(0.0 <= r["knn_top1"] <= 1.0 for r in payload["runs"])
+    assert [s for s, _ in payload["runs"][1]["curve"]] == [1, 2]
+    png = tmp_path / "curve.png"
+    quality.main(["--plot", str(out), "--png", str(png)])
+    assert png.stat().st_size > 0
+
+
+def test_summarize_mean_and_spread():
+    runs = [{"contestant": "a", "lr": 1.0, "steps": 5, "knn_top1": v} for v in (0.30, 0.40)]
+    (row,) = quality.summarize(runs)
+    assert row["mean"] == pytest.approx(35.0) and row["min"] == pytest.approx(30.0)
+    assert row["std"] == pytest.approx(7.0710678, rel=1e-6)
+
+
+def test_speed_script_runs(tmp_path):
+    out = tmp_path / "s.json"
+    speed.main(["--arch", "smallcnn", "--sizes", "32", "--batch-size", "4", "--steps", "1", "--warmup", "0",
+                "--ema-repeats", "1", "--projection-hidden-size", "16", "--no-memory", "--out", str(out)])
+    payload = json.loads(out.read_text())
+    ratios = payload["sizes"]["32"]["ratios"]
+    for key in ("a_wrap_vs_ideal", "b_wrap_vs_byol_pytorch", "c_augment_share_direct", "per_view_vs_concat_wrap"):
+        assert ratios[key] > 0
+    assert payload["d_ema_speedup_vs_inplace_loop"] > 0
+    assert payload["sizes"]["32"]["paired_ratios"]["a_wrap_vs_ideal"]["n"] == 1
+
+
+def test_paired_ratios_cancel_a_load_change_between_rounds():
+    # round 2 runs 3x slower for everybody (load); within each round wrap is 1.1x ideal
+    times = {"byol-wrap": [1.1, 3.3, 1.1], "ideal": [1.0, 3.0, 1.0]}
+    summary = speed.paired_ratios(times)["a_wrap_vs_ideal"]
+    assert summary["median"] == pytest.approx(1.1) and summary["n"] == 3
