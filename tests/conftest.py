@@ -28,6 +28,16 @@ class SmallCNN(nn.Module):
         return self.fc(self.pool(self.features(x)).flatten(1))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: intra-op threads gain nothing, and on a busy 2-core machine their spin-waiting
+    made such test files about 10x slower (measured). Use with pytestmark; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def small_cnn():
     torch.manual_seed(0)

@@ -14,13 +14,7 @@ import accelerate_byol  # noqa: E402
 from byol_wrap import unwrap  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread beats contending for the cores of a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = ["--cpu", "--synthetic", "48", "--arch", "tiny", "--image-size", "16", "--batch-size", "4",
         "--projection-hidden-size", "32", "--projection-size", "16", "--base-lr", "1.0", "--accumulate", "2",

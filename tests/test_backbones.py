@@ -25,14 +25,7 @@ timm = pytest.importorskip("timm", reason="timm is in the [test] extra: pip inst
 BATCH = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: intra-op threads gain nothing, and on a busy 2-core machine their
-    spin-waiting made this file about 10x slower (measured). Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 TAU = 0.996
 
 

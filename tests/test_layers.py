@@ -20,14 +20,7 @@ from byol_wrap.hooks import RepresentationExtractor, prefix_token_count
 SMALL = dict(projection_hidden_size=64, projection_size=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: intra-op threads gain nothing, and on a busy 2-core machine their
-    spin-waiting made this file about 10x slower (measured). Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def identity(x: Tensor) -> Tensor:

@@ -16,14 +16,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*resuming from a checkpoint that ended before the epoch ended"),
 ]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread beats contending for the cores of a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark.append(pytest.mark.usefixtures("one_thread"))
 
 TINY = ["--synthetic", "48", "--arch", "tiny", "--image-size", "16", "--batch-size", "4",
         "--projection-hidden-size", "32", "--projection-size", "16", "--accelerator", "cpu", "--base-lr", "1.0"]

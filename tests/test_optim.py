@@ -9,13 +9,7 @@ from byol_wrap import BYOL, cosine_tau, lars_optimizer, paper_optimizer, param_g
 from byol_wrap import warmup_cosine_scheduler
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread beats contending for the cores of a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_net() -> nn.Sequential:
