@@ -26,10 +26,11 @@ if str(ROOT) not in sys.path:
 
 from byol_wrap import BYOL, IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from byol_wrap.knn import embed, knn_accuracy  # noqa: E402
+from byol_wrap.optim import byol_param_groups  # noqa: E402
 
 DATA_ENV = "BYOL_WRAP_DATA"
 RESULTS_DIR = ROOT / "benchmarks" / "results"
-CONTESTANTS = ("random", "byol-wrap", "byol-wrap-concat", "byol-pytorch", "byol-pytorch-classic")
+CONTESTANTS = ("random", "byol-wrap", "byol-wrap-recipe", "byol-wrap-concat", "byol-pytorch", "byol-pytorch-classic")
 
 
 # ---------------------------------------------------------------------------- data
@@ -161,7 +162,7 @@ def make_learner(
     ``augment=False`` passes the identity as augmentation to both views.
     """
     identity: Optional[Callable[[Tensor], Tensor]] = None if augment else (lambda x: x)
-    if name in ("byol-wrap", "byol-wrap-concat"):
+    if name in ("byol-wrap", "byol-wrap-recipe", "byol-wrap-concat"):
         return BYOL(
             net, image_size=image_size, hidden_layer=hidden_layer, projection_hidden_size=projection_hidden_size,
             augment_fn=identity, total_steps=total_steps, concat_views=name.endswith("concat"),
@@ -200,7 +201,10 @@ def train_and_eval(
     if name != "random":
         learner = make_learner(name, net, 32, "flatten", steps, projection_hidden_size)
         learner.train()
-        optimizer = torch.optim.Adam([p for p in learner.parameters() if p.requires_grad], lr=lr)
+        if name == "byol-wrap-recipe":  # the README's optimizer advice: predictor at 10 x lr
+            optimizer = torch.optim.Adam(byol_param_groups(learner, lr))
+        else:
+            optimizer = torch.optim.Adam([p for p in learner.parameters() if p.requires_grad], lr=lr)
         generator = torch.Generator().manual_seed(seed)
         x_train = data["x_train"]
         for step in range(1, steps + 1):

@@ -5,7 +5,9 @@ size and number of steps; the encoder features (``hidden_layer="flatten"``) of
 un-augmented test images are classified by weighted kNN (k=200, temperature 0.1, cosine
 similarity) against the train split.
 
-Contestants: ``random`` (no training), ``byol-wrap`` (defaults, ``total_steps`` = steps),
+Contestants: ``random`` (no training), ``byol-wrap`` (defaults, ``total_steps`` = steps,
+Adam over ``learner.parameters()``), ``byol-wrap-recipe`` (the same learner, Adam over
+``byol_param_groups(learner, lr)``: the predictor at 10 x lr, the README's advice),
 ``byol-wrap-concat`` (``concat_views=True``), ``byol-pytorch`` (its defaults) and
 ``byol-pytorch-classic`` (``use_simplicial_embeddings=False``).
 

@@ -13,7 +13,7 @@ from .heads import MLP
 from .knn import embed, knn_accuracy, knn_predict
 from .hooks import RepresentationExtractor, format_layers, list_layers, pool, print_layers, resolve_layer
 from .loss import byol_loss, symmetric_byol_loss
-from .optim import lars_optimizer, paper_optimizer, param_groups, scaled_lr, warmup_cosine, warmup_cosine_scheduler
+from .optim import byol_param_groups, lars_optimizer, paper_optimizer, param_groups, scaled_lr, warmup_cosine, warmup_cosine_scheduler
 from .parallel import ddp_params_to_ignore, unwrap
 
 __version__ = "0.1.0"
@@ -40,6 +40,7 @@ __all__ = [
     "resolve_layer",
     "symmetric_byol_loss",
     # scaling out (parallel.py) and the paper's optimisation recipe (optim.py)
+    "byol_param_groups",
     "ddp_params_to_ignore",
     "lars_optimizer",
     "paper_optimizer",
