@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from byol_wrap import BYOL, cosine_tau, lars_optimizer, paper_optimizer, param_groups, scaled_lr, warmup_cosine
-from byol_wrap import warmup_cosine_scheduler
+from byol_wrap import byol_param_groups, warmup_cosine_scheduler
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -43,6 +43,47 @@ def test_param_groups_split_by_hand():
     # the target network (no gradient) is in neither group
     target = ids(learner.target_parameters())
     assert not target & (ids(decay["params"]) | ids(no_decay["params"]))
+
+
+def test_byol_param_groups_give_the_predictor_ten_times_the_rate():
+    learner = tiny_learner()
+    groups = byol_param_groups(learner, lr=1e-3, weight_decay=0.1)
+    ids = lambda ps: {id(p) for p in ps}  # noqa: E731
+    pred = learner.predictor
+    by_rate = {}
+    for group in groups:
+        by_rate.setdefault(round(group["lr"], 12), set()).update(ids(group["params"]))
+    # written out by hand: every predictor parameter at 1e-2, the encoder and projector at 1e-3
+    assert by_rate[1e-2] == ids([pred[0].weight, pred[0].bias, pred[1].weight, pred[1].bias, pred[3].weight, pred[3].bias])
+    assert by_rate[1e-3] == ids(list(learner.net.parameters()) + list(learner.projector.parameters()))
+    assert not ids(learner.target_parameters()) & (by_rate[1e-2] | by_rate[1e-3])
+    # weight decay only on the predictor's weight matrices (and the others' weights)
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert {id(pred[0].weight), id(pred[3].weight)} <= decayed and id(pred[0].bias) not in decayed
+
+
+def test_byol_param_groups_drive_a_real_adam_step():
+    learner = tiny_learner()
+    # eps tiny: Adam's first step is then lr * sign(gradient) even for the smallest gradients
+    opt = torch.optim.Adam(byol_param_groups(learner, lr=1e-3, predictor_lr_scale=10.0), eps=1e-30)
+    before_pred = learner.predictor[3].bias.detach().clone()
+    before_proj = learner.projector[3].bias.detach().clone()
+    learner(torch.rand(4, 3, 8, 8)).backward()
+    opt.step()
+    # Adam's first step moves every coordinate with a non-zero gradient by exactly lr (sign of the gradient)
+    moved_pred = (learner.predictor[3].bias - before_pred).abs()
+    moved_proj = (learner.projector[3].bias - before_proj).abs()
+    assert torch.allclose(moved_pred[moved_pred > 0], torch.tensor(1e-2), rtol=1e-3)
+    assert torch.allclose(moved_proj[moved_proj > 0], torch.tensor(1e-3), rtol=1e-3)
+
+
+def test_byol_param_groups_reject_bad_arguments():
+    with pytest.raises(TypeError, match="BYOL"):
+        byol_param_groups(nn.Linear(2, 2), lr=1e-3)
+    with pytest.raises(ValueError, match="lr"):
+        byol_param_groups(tiny_learner(), lr=0.0)
+    with pytest.raises(ValueError, match="predictor_lr_scale"):
+        byol_param_groups(tiny_learner(), lr=1e-3, predictor_lr_scale=-1.0)
 
 
 def test_lars_step_matches_hand_computation():
