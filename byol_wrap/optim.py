@@ -129,18 +129,12 @@ def byol_param_groups(
         >>> sorted({round(group["lr"], 6) for group in opt.param_groups})
         [0.0003, 0.003]
     """
-    byol = unwrap(learner)
-    predictor = getattr(byol, "predictor", None)
-    if not isinstance(predictor, nn.Module):
-        raise TypeError(
-            f"byol_param_groups needs a BYOL learner (with a .predictor), got {type(byol).__name__}; "
-            f"use param_groups(module, weight_decay) for other modules"
-        )
+    byol = unwrap(learner)  # raises TypeError for a module that holds no BYOL learner
     if lr <= 0:
         raise ValueError(f"lr must be positive, got {lr}")
     if predictor_lr_scale <= 0:
         raise ValueError(f"predictor_lr_scale must be positive, got {predictor_lr_scale}")
-    predictor_ids = {id(p) for p in predictor.parameters()}
+    predictor_ids = {id(p) for p in byol.predictor.parameters()}
     groups: List[Dict[str, Any]] = []
     for group in param_groups(byol, weight_decay):
         rest = [p for p in group["params"] if id(p) not in predictor_ids]
