@@ -121,6 +121,10 @@ def byol_param_groups(
         predictor_lr_scale: multiplier of ``lr`` for the predictor, > 0.
         weight_decay: for weights (not biases or norm parameters).
 
+    Raises:
+        TypeError: if ``learner`` holds no ``BYOL`` learner.
+        ValueError: if ``lr`` or ``predictor_lr_scale`` is not positive.
+
     Example:
         >>> from byol_wrap import BYOL
         >>> learner = BYOL(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
