@@ -13,6 +13,7 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
+import ablations  # noqa: E402
 import common  # noqa: E402
 import quality  # noqa: E402
 import speed  # noqa: E402
@@ -62,6 +63,30 @@ def test_quality_script_runs_and_summarizes(tmp_path):
     png = tmp_path / "curve.png"
     quality.main(["--plot", str(out), "--png", str(png)])
     assert png.stat().st_size > 0
+
+
+def test_ablation_script_appends_one_line_per_run(tmp_path):
+    out = tmp_path / "a.jsonl"
+    common_args = ["--synthetic", "--steps", "2", "--batch-size", "8", "--width", "4", "--eval-every", "1",
+                   "--projection-hidden-size", "16", "--out", str(out)]
+    ablations.main(["--name", "a", "--predictor-lr-scale", "10", "--blur", "0", "0", "--tau", "1.0", "--no-schedule"]
+                   + common_args)
+    ablations.main(["--name", "b", "--byol-pytorch"] + common_args)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["args"]["name"] for line in lines] == ["a", "b"]
+    assert [step for step, _, _ in lines[0]["curve"]] == [1, 2]
+    assert all(0.0 <= accuracy <= 100.0 for line in lines for _, accuracy, _ in line["curve"])
+
+
+def test_augmentation_with_default_factors_is_the_library_default_at_32px():
+    # Same stages and probabilities as byol_wrap's default T and T' at 32 px (blur kernel 3).
+    from byol_wrap import default_augmentations
+
+    args = ablations.parse_args(["--name", "x", "--synthetic"])
+    for view, library in zip((1, 2), default_augmentations(32)):
+        ours = ablations.augmentation(args, view)
+        assert [type(m).__name__ for m in ours] == [type(m).__name__ for m in library]
+        assert [getattr(m, "p", None) for m in ours] == [getattr(m, "p", None) for m in library]
 
 
 def test_summarize_mean_and_spread():
