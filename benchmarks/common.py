@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -195,6 +196,7 @@ def train_and_eval(
     every ``eval_every`` steps (the curve). Returns a JSON-able dict.
     """
     torch.manual_seed(seed)
+    random.seed(seed)  # byol-pytorch's RandomApply draws from Python's `random`, which torch does not seed
     net = SmallCNN(width)
     curve: List[Tuple[int, float]] = []
     started = time.perf_counter()
