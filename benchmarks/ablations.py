@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -86,6 +87,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         raise SystemExit("give --data PATH (or set BYOL_WRAP_DATA), or --synthetic")
     data = load_data(path, (512, 256))
     torch.manual_seed(args.seed)
+    random.seed(args.seed)  # byol-pytorch draws some augmentations from Python's random
     net = SmallCNN(args.width)
     if args.byol_pytorch:
         from byol_pytorch import BYOL as LucidBYOL
