@@ -1,13 +1,12 @@
 """One-factor ablations of byol-wrap on the quality benchmark's setup (what the recipe was chosen from).
 
-Same data, ``common.SmallCNN``, batch sampling and kNN evaluation as ``quality.py``; the
-augmentations are written out here so that single factors can be changed: crop scale,
-blur and solarization probabilities, colour-jitter probability. Other factors: tau_base
-(with or without the cosine schedule), the predictor's learning-rate multiplier, the
-learning rate. ``--byol-pytorch`` runs classic byol-pytorch in the same loop instead.
-Each call appends one JSON line (arguments, kNN curve, seconds) to ``--out``.
-
-With the defaults below the augmentations are byol-wrap's defaults at 32 px (blur kernel 3).
+Same data, ``common.SmallCNN``, training loop (``common.run_steps``) and kNN evaluation as
+``quality.py``. Factors: the augmentations' crop scale, blur and solarization probabilities
+and colour-jitter probability (through ``byol_augmentation``'s overrides), tau_base (with or
+without the cosine schedule), the predictor's learning-rate multiplier, the learning rate.
+``--byol-pytorch`` runs classic byol-pytorch in the same loop instead. Each call appends one
+JSON line (arguments, kNN curve, seconds) to ``--out``. With the defaults below every factor
+is byol-wrap's default.
 
 Examples (from the repository root)::
 
@@ -25,14 +24,13 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
-import kornia.augmentation as K
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, SmallCNN, knn_eval, load_data, resolve_data_path  # noqa: E402
+from common import RESULTS_DIR, SmallCNN, knn_eval, load_data, resolve_data_path, run_steps  # noqa: E402
 
-from byol_wrap import BYOL, IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from byol_wrap import BYOL, byol_augmentation  # noqa: E402
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -63,20 +61,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def augmentation(args: argparse.Namespace, view: int) -> nn.Sequential:
     """T (view 1) or T' (view 2) of the paper at 32 px, with this run's factors."""
-    blur_p = args.blur[view - 1]
-    solarize_p = args.solarize if view == 2 else 0.0
-    stages: list = [
-        K.RandomResizedCrop((32, 32), scale=(args.crop_min, 1.0)),
-        K.RandomHorizontalFlip(),
-        K.ColorJitter(0.4, 0.4, 0.2, 0.1, p=args.jitter_p),
-        K.RandomGrayscale(p=0.2),
-    ]
-    if blur_p > 0:
-        stages.append(K.RandomGaussianBlur((3, 3), (0.1, 2.0), p=blur_p))
-    if solarize_p > 0:
-        stages.append(K.RandomSolarize(0.0, 0.0, p=solarize_p))
-    stages.append(K.Normalize(torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)))
-    return nn.Sequential(*stages)
+    return byol_augmentation(
+        32, view, crop_scale=(args.crop_min, 1.0), jitter_p=args.jitter_p, blur_p=args.blur[view - 1],
+        solarize_p=args.solarize if view == 2 else 0.0,
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
@@ -100,26 +88,20 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                        augment_fn=augmentation(args, 1), augment_fn2=augmentation(args, 2),
                        moving_average_decay=args.tau, total_steps=None if args.no_schedule else args.steps)
         predictor = learner.predictor
-    learner.train()
     predictor_ids = {id(p) for p in predictor.parameters()}
     rest = [p for p in learner.parameters() if p.requires_grad and id(p) not in predictor_ids]
     optimizer = torch.optim.Adam([{"params": rest},
                                   {"params": list(predictor.parameters()), "lr": args.lr * args.predictor_lr_scale}],
                                  lr=args.lr)
-    generator = torch.Generator().manual_seed(args.seed)
-    x_train = data["x_train"]
     curve = []
     started = time.time()
-    for step in range(1, args.steps + 1):
-        index = torch.randint(0, x_train.shape[0], (args.batch_size,), generator=generator)
-        loss = learner(x_train[index].float().div_(255))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        learner.update_moving_average()
+
+    def after_step(step: int, loss: torch.Tensor) -> None:
         if step % args.eval_every == 0 or step == args.steps:
             curve.append((step, round(100 * knn_eval(net, data), 2), round(loss.item(), 4)))
             print(args.name, "step %d: kNN %.2f%%, loss %.4f" % curve[-1], f"({time.time() - started:.0f} s)", flush=True)
+
+    run_steps(learner, optimizer, data["x_train"], args.steps, args.batch_size, args.seed, after_step)
     result = {"command": "python benchmarks/ablations.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "curve": curve, "seconds": round(time.time() - started)}

@@ -178,6 +178,33 @@ def make_learner(
     raise ValueError(f"unknown contestant {name!r}; choose from {', '.join(CONTESTANTS[1:])}")
 
 
+def run_steps(
+    learner: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x_train: Tensor,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    after_step: Optional[Callable[[int, Tensor], None]] = None,
+) -> None:
+    """``steps`` BYOL training steps on uint8 batches drawn with replacement from ``x_train``.
+
+    The batches come from a generator seeded with ``seed``, so every contestant of one seed
+    sees the same images. ``after_step(step, loss)`` runs after each step (1-based).
+    """
+    learner.train()
+    generator = torch.Generator().manual_seed(seed)
+    for step in range(1, steps + 1):
+        index = torch.randint(0, x_train.shape[0], (batch_size,), generator=generator)
+        loss = learner(x_train[index].float().div_(255))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        learner.update_moving_average()
+        if after_step is not None:
+            after_step(step, loss)
+
+
 def train_and_eval(
     name: str,
     data: Dict[str, Tensor],
@@ -202,25 +229,19 @@ def train_and_eval(
     started = time.perf_counter()
     if name != "random":
         learner = make_learner(name, net, 32, "flatten", steps, projection_hidden_size)
-        learner.train()
         if name == "byol-wrap-recipe":  # the README's optimizer advice: predictor at 10 x lr
             optimizer = torch.optim.Adam(byol_param_groups(learner, lr))
         else:
             optimizer = torch.optim.Adam([p for p in learner.parameters() if p.requires_grad], lr=lr)
-        generator = torch.Generator().manual_seed(seed)
-        x_train = data["x_train"]
-        for step in range(1, steps + 1):
-            index = torch.randint(0, x_train.shape[0], (batch_size,), generator=generator)
-            loss = learner(x_train[index].float().div_(255))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            learner.update_moving_average()
+
+        def after_step(step: int, loss: Tensor) -> None:
             if eval_every and step % eval_every == 0 and step < steps:
                 curve.append((step, knn_eval(net, data)))
                 log(f"{name} lr={lr:g} seed={seed} step {step}: loss {loss.item():.4f} knn {curve[-1][1]:.4f}")
             elif step % 50 == 0:
                 log(f"{name} lr={lr:g} seed={seed} step {step}: loss {loss.item():.4f}")
+
+        run_steps(learner, optimizer, data["x_train"], steps, batch_size, seed, after_step)
     train_seconds = time.perf_counter() - started
     accuracy = knn_eval(net, data)
     curve.append((steps if name != "random" else 0, accuracy))

@@ -17,8 +17,8 @@ Contestants:
     byol-wrap+aug  byol-wrap with its default augmentations (for their share of a step)
 
 Peak memory is measured in a fresh subprocess per contestant: the growth of the
-process's peak resident set size (``ru_maxrss``) over two training steps, after the
-model was built.
+process's peak resident set size (``VmHWM``, reset once the model is built) over two
+training steps.
 
 Example (from the repository root)::
 
@@ -241,37 +241,6 @@ def measure_memory(names: Sequence[str], arch: str, image_size: int, batch_size:
     return out
 
 
-def ratios(t: Dict[str, float], memory: Dict[str, Dict[str, float]]) -> Dict[str, float]:
-    """The issue's ratios from median step times (and memory, when measured)."""
-    r: Dict[str, float] = {}
-
-    def add(key: str, a: str, b: str) -> None:
-        if a in t and b in t:
-            r[key] = t[a] / t[b]
-
-    add("a_wrap_vs_ideal", "byol-wrap", "ideal")
-    add("a_wrap_concat_vs_ideal_concat", "byol-wrap-concat", "ideal-concat")
-    add("b_wrap_vs_byol_pytorch", "byol-wrap", "byol-pytorch")
-    add("b_wrap_vs_byol_pytorch_classic", "byol-wrap", "byol-pytorch-classic")
-    add("b_wrap_concat_vs_byol_pytorch_classic", "byol-wrap-concat", "byol-pytorch-classic")
-    add("per_view_vs_concat_wrap", "byol-wrap", "byol-wrap-concat")
-    add("per_view_vs_concat_ideal", "ideal", "ideal-concat")
-    if "byol-wrap+aug" in t and "byol-wrap" in t:
-        r["c_augment_share_by_difference"] = 1 - t["byol-wrap"] / t["byol-wrap+aug"]
-    if "augment-only" in t and "byol-wrap+aug" in t:
-        r["c_augment_share_direct"] = t["augment-only"] / t["byol-wrap+aug"]
-    def add_memory(key: str, a: str, b: str) -> None:
-        # a peak that did not grow (tiny smoke runs) gives no meaningful ratio
-        if a in memory and b in memory and memory[b]["peak_growth_mib"] > 0:
-            r[key] = memory[a]["peak_growth_mib"] / memory[b]["peak_growth_mib"]
-
-    for name in memory:
-        if name != "ideal":
-            add_memory(f"e_memory_{name}_vs_ideal", name, "ideal")
-    add_memory("e_memory_wrap_concat_vs_ideal_concat", "byol-wrap-concat", "ideal-concat")
-    return r
-
-
 PAIRS = {
     "a_wrap_vs_ideal": ("byol-wrap", "ideal"),
     "a_wrap_concat_vs_ideal_concat": ("byol-wrap-concat", "ideal-concat"),
@@ -283,6 +252,24 @@ PAIRS = {
     "wrap_without_vs_with_augmentation": ("byol-wrap", "byol-wrap+aug"),
     "c_augment_share_direct": ("augment-only", "byol-wrap+aug"),
 }
+
+
+def ratios(t: Dict[str, float], memory: Dict[str, Dict[str, float]]) -> Dict[str, float]:
+    """The issue's ratios from median step times (and memory, when measured)."""
+    r: Dict[str, float] = {key: t[a] / t[b] for key, (a, b) in PAIRS.items() if a in t and b in t}
+    if "byol-wrap+aug" in t and "byol-wrap" in t:
+        r["c_augment_share_by_difference"] = 1 - t["byol-wrap"] / t["byol-wrap+aug"]
+
+    def add_memory(key: str, a: str, b: str) -> None:
+        # a peak that did not grow (tiny smoke runs) gives no meaningful ratio
+        if a in memory and b in memory and memory[b]["peak_growth_mib"] > 0:
+            r[key] = memory[a]["peak_growth_mib"] / memory[b]["peak_growth_mib"]
+
+    for name in memory:
+        if name != "ideal":
+            add_memory(f"e_memory_{name}_vs_ideal", name, "ideal")
+    add_memory("e_memory_wrap_concat_vs_ideal_concat", "byol-wrap-concat", "ideal-concat")
+    return r
 
 
 def paired_ratios(times: Dict[str, List[float]]) -> Dict[str, Dict[str, float]]:

@@ -102,6 +102,11 @@ def byol_augmentation(
     image_size: Union[int, Sequence[int]],
     view: int = 1,
     normalize: Normalization = (IMAGENET_MEAN, IMAGENET_STD),
+    *,
+    crop_scale: Tuple[float, float] = (0.08, 1.0),
+    jitter_p: float = 0.8,
+    blur_p: Optional[float] = None,
+    solarize_p: Optional[float] = None,
 ) -> nn.Sequential:
     """One of the paper's two augmentation pipelines, as a Kornia ``nn.Sequential``.
 
@@ -109,6 +114,10 @@ def byol_augmentation(
         image_size: output size, an int or ``(H, W)``.
         view: 1 for T (blur always, no solarization), 2 for T' (blur p=0.1, solarization p=0.2).
         normalize: ``(mean, std)`` applied last, ImageNet statistics by default; ``None`` for none.
+        crop_scale, jitter_p: area range of the random resized crop and probability of the
+            colour jitter (the paper's values by default).
+        blur_p, solarize_p: override the view's blur / solarization probability; a stage
+            with probability 0 is left out.
 
     Input: float RGB images in [0, 1], ``(N, 3, H, W)``, any device. Output: ``(N, 3, *image_size)``.
 
@@ -120,17 +129,20 @@ def byol_augmentation(
     if view not in (1, 2):
         raise ValueError(f"view must be 1 (T) or 2 (T'), got {view!r}")
     height, width = image_size_pair(image_size)
-    blur_p, solarize_p = (1.0, 0.0) if view == 1 else (0.1, 0.2)
+    view_blur_p, view_solarize_p = (1.0, 0.0) if view == 1 else (0.1, 0.2)
+    blur_p = view_blur_p if blur_p is None else blur_p
+    solarize_p = view_solarize_p if solarize_p is None else solarize_p
     stages: list = [
-        K.RandomResizedCrop((height, width), scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)),
+        K.RandomResizedCrop((height, width), scale=tuple(crop_scale), ratio=(3 / 4, 4 / 3)),
         K.RandomHorizontalFlip(p=0.5),
         # kornia's ColorJitter applies the four adjustments in a random order, as the paper does
-        K.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=0.8),
+        K.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=jitter_p),
         K.RandomGrayscale(p=0.2),
-        K.RandomGaussianBlur(
-            (blur_kernel_size(height), blur_kernel_size(width)), sigma=(0.1, 2.0), p=blur_p
-        ),
     ]
+    if blur_p > 0:
+        stages.append(
+            K.RandomGaussianBlur((blur_kernel_size(height), blur_kernel_size(width)), sigma=(0.1, 2.0), p=blur_p)
+        )
     if solarize_p > 0:
         # thresholds=0, additions=0: x -> 1 - x exactly where x >= 0.5, the paper's solarization
         stages.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_p))

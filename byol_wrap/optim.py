@@ -78,7 +78,7 @@ def param_groups(module: nn.Module, weight_decay: float) -> List[Dict[str, Any]]
     decay: List[nn.Parameter] = []
     no_decay: List[nn.Parameter] = []
     seen = set()
-    for module_name, submodule in module.named_modules():
+    for _, submodule in module.named_modules():
         is_norm = isinstance(submodule, NORM_LAYERS)
         for name, param in submodule.named_parameters(recurse=False):
             if not param.requires_grad or id(param) in seen:
@@ -109,8 +109,8 @@ def byol_param_groups(
     projector) gets ``lr``; within each, biases and normalisation parameters get no weight
     decay (as in :func:`param_groups`). The target network is left out. A predictor that
     learns faster than the encoder stays closer to its optimum, which is what keeps BYOL
-    from collapsing (Grill et al. 2020, section 3.2 and the predictor-learning-rate
-    ablation in appendix F); on short CPU runs it learned better representations
+    from collapsing (Grill et al. 2020, section 3.2, and the paper's ablation that raises the
+    predictor's learning rate); on short CPU runs it learned better representations
     (BENCHMARKS.md). ``predictor_lr_scale=1`` is the paper's single learning rate.
 
     Pass the groups to any optimizer; schedulers scale each group's rate alike.

@@ -195,6 +195,25 @@ def test_normalisation_is_configurable():
     assert not any(isinstance(m, K.Normalize) for m in byol_augmentation(16, normalize=None))
 
 
+def test_augmentation_factors_can_be_overridden():
+    stages = lambda t: {type(m).__name__: m for m in t}  # noqa: E731
+    # the paper's probabilities by default: T blur 1.0, no solarization; T' blur 0.1, solarization 0.2
+    t1, t2 = stages(byol_augmentation(32, view=1)), stages(byol_augmentation(32, view=2))
+    assert t1["RandomGaussianBlur"].p == 1.0 and "RandomSolarize" not in t1
+    assert t2["RandomGaussianBlur"].p == 0.1 and t2["RandomSolarize"].p == 0.2
+    assert t1["ColorJitter"].p == 0.8
+    changed = stages(byol_augmentation(32, view=2, crop_scale=(0.2, 1.0), jitter_p=0.5, blur_p=0.0, solarize_p=0.3))
+    assert "RandomGaussianBlur" not in changed  # probability 0: the stage is left out
+    assert changed["RandomSolarize"].p == 0.3 and changed["ColorJitter"].p == 0.5
+    crop = changed["RandomResizedCrop"]
+    torch.manual_seed(0)
+    # every crop box keeps at least 20% of the area, up to pixel rounding (the default scale gives 8%)
+    boxes = crop.forward_parameters(torch.Size((256, 3, 64, 64)))["src"]
+    sides = boxes[:, 2] - boxes[:, 0] + 1
+    areas = sides[:, 0] * sides[:, 1] / (64 * 64)
+    assert areas.min() >= 0.19
+
+
 def test_non_square_output():
     assert byol_augmentation((24, 40))(torch.rand(2, 3, 50, 50)).shape == (2, 3, 24, 40)
     with pytest.raises(ValueError, match="view"):
