@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from byol_wrap import BYOL, cosine_tau, lars_optimizer, paper_optimizer, param_groups, scaled_lr, warmup_cosine
-from byol_wrap import byol_param_groups, warmup_cosine_scheduler
+from byol_wrap import BYOL, byol_param_groups, paper_optimizer_and_scheduler
+from byol_wrap.ema import cosine_tau
+from byol_wrap.optim import lars_optimizer, scaled_lr, warmup_cosine, warmup_cosine_scheduler, weight_decay_groups
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -24,9 +25,9 @@ def tiny_learner(**kwargs) -> BYOL:
     return BYOL(tiny_net(), image_size=8, hidden_layer="5", projection_size=4, projection_hidden_size=8, **kwargs)
 
 
-def test_param_groups_split_by_hand():
+def test_weight_decay_groups_split_by_hand():
     learner = tiny_learner()
-    decay, no_decay = param_groups(learner, 1e-3)
+    decay, no_decay = weight_decay_groups(learner, 1e-3)
     ids = lambda ps: {id(p) for p in ps}  # noqa: E731
     n, proj, pred = learner.net, learner.projector, learner.predictor
     # written out by hand: conv / linear weights decay; biases, BN and LayerNorm parameters do not
@@ -133,11 +134,11 @@ def test_scheduler_follows_the_function():
 def test_paper_optimizer_ties_lr_and_tau_schedules():
     assert scaled_lr(4096) == pytest.approx(3.2) and scaled_lr(256, base_lr=0.3) == pytest.approx(0.3)
     with pytest.raises(ValueError, match="total_steps=50"):
-        paper_optimizer(tiny_learner(), batch_size=64, total_steps=50)  # learner has no total_steps
+        paper_optimizer_and_scheduler(tiny_learner(), batch_size=64, total_steps=50)  # learner has no total_steps
     learner = tiny_learner(total_steps=50)
     with pytest.raises(ValueError, match="total_steps=50"):
-        paper_optimizer(learner, batch_size=64, total_steps=40)
-    opt, sched = paper_optimizer(learner, batch_size=64, total_steps=50, warmup_steps=5)
+        paper_optimizer_and_scheduler(learner, batch_size=64, total_steps=40)
+    opt, sched = paper_optimizer_and_scheduler(learner, batch_size=64, total_steps=50, warmup_steps=5)
     peak = 0.2 * 64 / 256
     assert opt.param_groups[0]["lr"] == pytest.approx(peak / 5)
     assert opt.param_groups[0]["weight_decay"] == 1.5e-6 and opt.param_groups[1]["weight_decay"] == 0.0
@@ -153,5 +154,5 @@ def test_paper_optimizer_ties_lr_and_tau_schedules():
         learner.update_moving_average()
     assert learner.ema_step == sched.last_epoch == 3
     # default warmup: 1% of the steps (10 of the paper's 1000 epochs)
-    _, sched = paper_optimizer(tiny_learner(total_steps=1000), batch_size=256, total_steps=1000)
+    _, sched = paper_optimizer_and_scheduler(tiny_learner(total_steps=1000), batch_size=256, total_steps=1000)
     assert sched.optimizer.param_groups[0]["lr"] == pytest.approx(0.2 / 10)
