@@ -46,6 +46,9 @@ class ChannelNormalize(nn.Module):
                  [0.5000, 0.5000, 0.5000]]])
     """
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten()
@@ -79,7 +82,9 @@ def check_normalization(normalize: Normalization, channels: int) -> None:
         mean, std = normalize
         lengths = {len(torch.as_tensor(mean).flatten()), len(torch.as_tensor(std).flatten())}
     except (TypeError, ValueError) as error:
-        raise ValueError(f"normalize must be None or a pair (mean, std) of sequences of floats, got {normalize!r}") from error
+        raise ValueError(
+            f"normalize must be None or a pair (mean, std) of sequences of floats, got {normalize!r}"
+        ) from error
     if not lengths <= {1, channels}:
         raise ValueError(
             f"normalize has mean/std of {sorted(lengths)} values but the inputs have {channels} channels; "
@@ -133,7 +138,7 @@ def byol_augmentation(
     blur_p = view_blur_p if blur_p is None else blur_p
     solarize_p = view_solarize_p if solarize_p is None else solarize_p
     stages: List[nn.Module] = [
-        K.RandomResizedCrop((height, width), scale=tuple(crop_scale), ratio=(3 / 4, 4 / 3)),
+        K.RandomResizedCrop((height, width), scale=(float(crop_scale[0]), float(crop_scale[1])), ratio=(3 / 4, 4 / 3)),
         K.RandomHorizontalFlip(p=0.5),
         # kornia's ColorJitter applies the four adjustments in a random order, as the paper does
         K.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=jitter_p),

@@ -260,7 +260,8 @@ class BYOL(nn.Module):
     def _target(self, x: Tensor) -> Tensor:
         net = self.target_net if self.target_net is not None else self.net
         projector = self.target_projector if self.target_projector is not None else self.projector
-        return projector(self.extractor(net, x)).detach()
+        projection: Tensor = projector(self.extractor(net, x))
+        return projection.detach()
 
     def _check_input(self, x: Tensor, augmented: bool) -> Tensor:
         if not isinstance(x, Tensor):
@@ -275,7 +276,8 @@ class BYOL(nn.Module):
             expected = self.input_shape
             if x.ndim != len(expected) + 1 or x.shape[1] != expected[0]:
                 raise ValueError(
-                    f"expected input of shape (N, {', '.join(map(str, expected))}) (N, C{', H, W' if len(expected) == 3 else ', ...'}"
+                    f"expected input of shape (N, {', '.join(map(str, expected))}) "
+                    f"(N, C{', H, W' if len(expected) == 3 else ', ...'}"
                     f" with C={expected[0]}), got {tuple(x.shape)}"
                 )
         device, _ = module_device_dtype(self.net)

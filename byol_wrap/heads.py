@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import torch
 import torch.distributed as dist
@@ -42,7 +42,7 @@ _OLD_KEYWORDS = {"dim": "input_dim", "projection_size": "output_dim", "hidden_si
 
 
 class MLP(nn.Sequential):
-    """The paper's projector/predictor: ``Linear(input_dim, hidden_dim) -> BN -> ReLU -> Linear(hidden_dim, output_dim)``.
+    """The paper's projector/predictor: ``Linear -> BatchNorm1d -> ReLU -> Linear``.
 
     Args:
         input_dim: input size (the representation size for the projector, the projection
@@ -73,8 +73,8 @@ class MLP(nn.Sequential):
         sync_batchnorm: Optional[bool] = None,
         **old_keywords: Any,
     ) -> None:
-        sizes = {"input_dim": input_dim, "hidden_dim": hidden_dim, "output_dim": output_dim,
-                 "sync_batchnorm": sync_batchnorm}
+        sizes: Dict[str, Any] = {"input_dim": input_dim, "hidden_dim": hidden_dim, "output_dim": output_dim,
+                                 "sync_batchnorm": sync_batchnorm}
         if old_positional:
             if len(old_positional) > 3:
                 raise TypeError(f"MLP takes at most 4 positional arguments, got {1 + len(old_positional)}")

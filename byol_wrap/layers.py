@@ -2,6 +2,7 @@
 representation size, from one side-effect-free probe."""
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -53,10 +54,8 @@ def list_layers(
         def hook(mod: nn.Module, _inp: Any, out: Any, name: str = name) -> None:
             calls[name] = calls.get(name, 0) + 1
             if name not in outputs:
-                try:
+                with contextlib.suppress(TypeError):  # not a tensor output: not a candidate
                     outputs[name] = (type(mod).__name__, first_tensor(out, name))
-                except TypeError:
-                    pass
 
         handles.append(module.register_forward_hook(hook))
     try:
@@ -73,10 +72,8 @@ def list_layers(
         # -1 means the net's output, so the last child has no index of its own
         index = children.index(name) - len(children) if name in children else None
         rows.append(_layer_row(name, kind, out, pooling, calls[name], index if index != -1 else None))
-    try:
+    with contextlib.suppress(TypeError):  # an output that is not a tensor gets no row
         rows.append(_layer_row(None, type(net).__name__, first_tensor(final, "forward"), pooling, 1, -1))
-    except TypeError:
-        pass
     return rows
 
 

@@ -10,7 +10,8 @@ LARS is timm's implementation (``timm.optim.Lars``), imported only when asked fo
 
 Example:
     >>> learner = BYOL(net, image_size=224, hidden_layer="avgpool", total_steps=10_000)  # doctest: +SKIP
-    >>> optimizer, scheduler = paper_optimizer_and_scheduler(learner, batch_size=4096, total_steps=10_000)  # doctest: +SKIP
+    >>> optimizer, scheduler = paper_optimizer_and_scheduler(  # doctest: +SKIP
+    ...     learner, batch_size=4096, total_steps=10_000)
     >>> for images in loader:                                                  # doctest: +SKIP
     ...     loss = learner(images); optimizer.zero_grad(); loss.backward()
     ...     optimizer.step(); scheduler.step(); learner.update_moving_average()
@@ -264,7 +265,8 @@ def paper_optimizer_and_scheduler(
 
     Example:
         >>> learner = BYOL(net, image_size=224, total_steps=1000)                 # doctest: +SKIP
-        >>> optimizer, scheduler = paper_optimizer_and_scheduler(learner, batch_size=256, total_steps=1000)  # doctest: +SKIP
+        >>> optimizer, scheduler = paper_optimizer_and_scheduler(  # doctest: +SKIP
+        ...     learner, batch_size=256, total_steps=1000)
     """
     byol = unwrap(learner)
     if byol.use_momentum and byol.total_steps != total_steps:

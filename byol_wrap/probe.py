@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from torch import Tensor, nn
 
 ImageSize = Union[int, Sequence[int], None]
 #: What a net that refuses the probe input may raise (wrapped by :func:`probe_failure`).
-PROBE_ERRORS: Tuple[type, ...] = (RuntimeError, ValueError, TypeError, IndexError, AssertionError)
+PROBE_ERRORS: Tuple[Type[BaseException], ...] = (RuntimeError, ValueError, TypeError, IndexError, AssertionError)
 
 
 def image_size_pair(image_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
@@ -123,7 +123,9 @@ def probe_context(net: nn.Module, grad: bool = False) -> Iterator[None]:
             module.training = training
 
 
-def probe_failure(net: nn.Module, shape: Sequence[int], error: BaseException, image_size: ImageSize = None) -> ValueError:
+def probe_failure(
+    net: nn.Module, shape: Sequence[int], error: BaseException, image_size: ImageSize = None
+) -> ValueError:
     """The one error for a net that refuses the probe input of per-sample ``shape``
     (raise it ``from error``).
 

@@ -13,7 +13,6 @@ import accelerate_byol  # noqa: E402
 
 from byol_wrap import unwrap  # noqa: E402
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = ["--cpu", "--synthetic", "48", "--arch", "tiny", "--image-size", "16", "--batch-size", "4",

@@ -41,9 +41,13 @@ def test_all_lists_what_users_call_and_every_name_resolves():
 def test_old_building_block_names_stay_importable_without_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        from byol_wrap import IMAGENET_MEAN as mean, MLP as mlp, cosine_tau as tau, pool  # noqa: F401
+        from byol_wrap import IMAGENET_MEAN as mean
+        from byol_wrap import MLP as mlp
+        from byol_wrap import cosine_tau as tau
+        from byol_wrap import pool
+    from byol_wrap.pooling import pool as pooling_pool
 
-    assert mlp is MLP and tau is cosine_tau and mean == IMAGENET_MEAN
+    assert mlp is MLP and tau is cosine_tau and mean == IMAGENET_MEAN and pool is pooling_pool
 
 
 def test_unknown_attribute_raises_attribute_error():

@@ -9,7 +9,6 @@ from byol_wrap import BYOL, byol_param_groups, paper_optimizer_and_scheduler
 from byol_wrap.ema import cosine_tau
 from byol_wrap.optim import lars_optimizer, scaled_lr, warmup_cosine, warmup_cosine_scheduler, weight_decay_groups
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -55,7 +54,8 @@ def test_byol_param_groups_give_the_predictor_ten_times_the_rate():
     for group in groups:
         by_rate.setdefault(round(group["lr"], 12), set()).update(ids(group["params"]))
     # written out by hand: every predictor parameter at 1e-2, the encoder and projector at 1e-3
-    assert by_rate[1e-2] == ids([pred[0].weight, pred[0].bias, pred[1].weight, pred[1].bias, pred[3].weight, pred[3].bias])
+    predictor = [pred[0].weight, pred[0].bias, pred[1].weight, pred[1].bias, pred[3].weight, pred[3].bias]
+    assert by_rate[1e-2] == ids(predictor)
     assert by_rate[1e-3] == ids(list(learner.net.parameters()) + list(learner.projector.parameters()))
     assert not ids(learner.target_parameters()) & (by_rate[1e-2] | by_rate[1e-3])
     # weight decay only on the predictor's weight matrices (and the others' weights)
@@ -126,8 +126,8 @@ def test_scheduler_follows_the_function():
         opt.step()
         sched.step()
     # warmup 1/3, 2/3, 3/3 of 2.0; the cosine starts at the peak on step 3 and reaches 0 on step 6
-    expected = [2 / 3, 4 / 3, 2.0, 2.0, 2.0 * 0.5 * (1 + math.cos(math.pi / 3)), 2.0 * 0.5 * (1 + math.cos(2 * math.pi / 3)),
-                0.0]
+    expected = [2 / 3, 4 / 3, 2.0, 2.0, 2.0 * 0.5 * (1 + math.cos(math.pi / 3)),
+                2.0 * 0.5 * (1 + math.cos(2 * math.pi / 3)), 0.0]
     assert lrs == pytest.approx(expected)
 
 
