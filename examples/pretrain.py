@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
     # 1 (the paper's single rate) by default: at this high Adam rate a 10x predictor learned worse on the
-    # digits (kNN 75.0% vs 80.3% after 300 steps); at 3e-4 on CIFAR it learned better (BENCHMARKS.md)
+    # digits, at 3e-4 on CIFAR it learned better (figures in BENCHMARKS.md)
     parser.add_argument("--predictor-lr-scale", type=float, default=1.0,
                         help="predictor learning rate = lr x this (byol_param_groups)")
     parser.add_argument("--image-size", type=int, default=32)
