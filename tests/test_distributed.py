@@ -97,9 +97,9 @@ def test_syncbn_two_ranks_of_b_equal_one_process_of_2b(ranks):
         for step in record["steps"]:
             assert step["loss"] == pytest.approx(step["ref_loss"], rel=1e-5)
             assert step["grads"].keys() == step["ref_grads"].keys() and step["grads"]
-            assert_tensors_close(step["grads"], step["ref_grads"], rtol=1e-4, scale_rtol=1e-5)
+            assert_tensors_close(step["grads"], step["ref_grads"], rtol=1e-4, scale_rtol=1e-4)  # sums over 2 ranks: another order
         # after two SGD + EMA steps: parameters, target and BatchNorm running statistics agree
-        assert_tensors_close(record["state"], record["ref_state"], rtol=1e-4, scale_rtol=1e-5)
+        assert_tensors_close(record["state"], record["ref_state"], rtol=1e-4, scale_rtol=1e-4)
 
 
 @pytest.mark.skipif(not HAVE_LIGHTNING, reason="pip install lightning (in the [test] extra)")
@@ -120,7 +120,7 @@ def test_syncbn_on_two_gpus_with_nccl(tmp_path):
     for rank in ranks:
         for step in rank["syncbn"]["steps"]:
             assert step["loss"] == pytest.approx(step["ref_loss"], rel=1e-4)
-            assert_tensors_close(step["grads"], step["ref_grads"], rtol=1e-3, scale_rtol=1e-5)
+            assert_tensors_close(step["grads"], step["ref_grads"], rtol=1e-3, scale_rtol=1e-4)
 
 
 # ---------------------------------------------------------------- in one process
