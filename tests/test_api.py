@@ -176,3 +176,11 @@ def test_normalize_runs_after_the_default_augmentations():
     x = torch.rand(4, 3, 8, 8)
     view1 = learner.augment1(x)
     torch.testing.assert_close(seen[0], (view1 - 0.5) / 0.25)
+
+
+def test_names_moved_out_of_hooks_still_import_from_there_with_a_warning():
+    from byol_wrap import layers, pooling, probe
+
+    for name, module in (("pool", pooling), ("infer_input_shape", probe), ("list_layers", layers)):
+        with pytest.warns(DeprecationWarning, match=f"moved to {module.__name__}"):
+            assert getattr(__import__("byol_wrap.hooks", fromlist=[name]), name) is getattr(module, name)
