@@ -20,7 +20,6 @@ from .augment import byol_augmentation, default_augmentations
 from .byol import BYOL
 from .layers import list_layers, print_layers
 from .optim import byol_param_groups, paper_optimizer_and_scheduler
-from .rng import get_rng_state, set_rng_state
 from .wrappers import ddp_params_to_ignore, unwrap
 
 __version__ = "0.1.0"
@@ -41,10 +40,12 @@ __all__ = [
 ]
 
 # Names importable from the top level without being part of ``__all__``: (module, attribute).
-# The job layer (pretrain, load_encoder) is imported on first access only.
+# The job layer (pretrain, load_encoder) and rng are imported on first access only.
 _LAZY: Dict[str, Tuple[str, str]] = {
     "pretrain": ("byol_wrap.train", "pretrain"),
     "load_encoder": ("byol_wrap.encoder", "load_encoder"),
+    "get_rng_state": ("byol_wrap.rng", "get_rng_state"),
+    "set_rng_state": ("byol_wrap.rng", "set_rng_state"),
     # building blocks that used to be exported here; import them from their modules
     "MLP": ("byol_wrap.heads", "MLP"),
     "IMAGENET_MEAN": ("byol_wrap.augment", "IMAGENET_MEAN"),

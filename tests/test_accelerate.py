@@ -10,9 +10,10 @@ pytest.importorskip("accelerate", reason="pip install accelerate (in the [test] 
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
 import accelerate_byol  # noqa: E402
-from helpers import assert_close_scaled
 
 from byol_wrap import unwrap  # noqa: E402
+
+from helpers import assert_close_scaled
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

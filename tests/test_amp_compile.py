@@ -4,10 +4,11 @@ import shutil
 
 import pytest
 import torch
-from helpers import assert_tensors_close
 from torch import nn
 
 from byol_wrap import BYOL, unwrap
+
+from helpers import assert_tensors_close
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

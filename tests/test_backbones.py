@@ -15,12 +15,13 @@ import kornia.augmentation as K
 import pytest
 import torch
 import torchvision
-from helpers import assert_close_scaled
 from torch import Tensor, nn
 
 from byol_wrap import BYOL, list_layers
 from byol_wrap.augment import IMAGENET_MEAN, IMAGENET_STD
 from byol_wrap.hooks import resolve_layer
+
+from helpers import assert_close_scaled
 
 timm = pytest.importorskip("timm", reason="timm is in the [test] extra: pip install -e '.[test]'")
 

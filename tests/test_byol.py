@@ -6,7 +6,6 @@ import timm
 import torch
 import torch.nn.functional as F
 import torchvision
-from helpers import assert_close_scaled
 from torch import nn
 
 from byol_wrap import BYOL
@@ -15,6 +14,7 @@ from byol_wrap.ema import cosine_tau
 from byol_wrap.hooks import HiddenLayerNotRunError
 
 from conftest import SmallCNN
+from helpers import assert_close_scaled
 
 HEADS = dict(projection_size=16, projection_hidden_size=32)
 

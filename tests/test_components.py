@@ -5,7 +5,6 @@ import kornia.augmentation as K
 import numpy as np
 import pytest
 import torch
-from helpers import assert_close_scaled
 from torch import nn
 
 from byol_wrap import byol_augmentation, default_augmentations
@@ -13,6 +12,8 @@ from byol_wrap.augment import blur_kernel_size
 from byol_wrap.ema import cosine_tau, ema_update_
 from byol_wrap.heads import MLP, resolve_sync_batchnorm
 from byol_wrap.loss import byol_loss, symmetric_byol_loss
+
+from helpers import assert_close_scaled
 
 
 def reference_loss(q: np.ndarray, z: np.ndarray) -> np.ndarray:

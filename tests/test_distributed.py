@@ -10,11 +10,12 @@ import sys
 
 import pytest
 import torch
-from helpers import assert_tensors_close
 from torch import nn
 from torch.nn.parallel import DataParallel
 
 from byol_wrap import BYOL, ddp_params_to_ignore, unwrap
+
+from helpers import assert_tensors_close
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

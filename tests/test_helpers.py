@@ -1,6 +1,7 @@
 """The comparison helpers themselves: they pass float noise and catch real differences."""
 import pytest
 import torch
+
 from helpers import assert_close_scaled, assert_tensors_close
 
 

@@ -10,6 +10,7 @@ L = pytest.importorskip("lightning", reason="pip install lightning (in the [test
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
 import lightning_byol  # noqa: E402
+
 from helpers import assert_close_scaled  # noqa: E402
 
 pytestmark = [
