@@ -29,7 +29,8 @@ PARTS = "example,control,syncbn" + (",lightning" if HAVE_LIGHTNING else "")
 
 def launch(out, parts=PARTS, device="cpu", nproc=2, timeout=300):
     """Run tests/ddp_worker.py in ``nproc`` processes with torchrun; return what each rank saved."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    path = os.pathsep.join([ROOT, os.path.join(ROOT, "examples", "scaleout"), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # gloo on CPU even on a machine with GPUs
         if os.path.exists("/sys/class/net/lo"):

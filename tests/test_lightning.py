@@ -1,16 +1,13 @@
-"""examples/lightning_byol.py with a CPU Trainer: EMA timing under gradient accumulation, checkpoints."""
+"""examples/scaleout/lightning_byol.py with a CPU Trainer: EMA timing under gradient accumulation, checkpoints."""
 import math
 import os
-import sys
 
 import pytest
 import torch
 
 L = pytest.importorskip("lightning", reason="pip install lightning (in the [test] extra)")
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
-import lightning_byol  # noqa: E402
-
+import lightning_byol  # noqa: E402 - examples/scaleout, on pytest's pythonpath; needs lightning
 from helpers import assert_close_scaled  # noqa: E402
 
 pytestmark = [
