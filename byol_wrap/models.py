@@ -42,7 +42,8 @@ TRAIN_EXTRA = 'pip install "byol-wrap[train]"'
 SPEC_FORMS = ("torchvision/<name> (e.g. torchvision/resnet18)", "timm/<name>", "byol_wrap/small_cnn",
               "<module or file.py>:<callable>")
 
-__all__ = ["small_cnn", "build_model", "default_hidden_layer", "load_weights", "spec_name", "SPEC_FORMS"]
+__all__ = ["small_cnn", "build_model", "default_hidden_layer", "load_weights", "load_state_dict_checked", "spec_name",
+           "SPEC_FORMS"]
 
 
 def small_cnn(width: int = 16) -> nn.Sequential:
@@ -291,8 +292,20 @@ def load_weights(net: nn.Module, path: Union[str, Path]) -> None:
     path = Path(path)
     state = _extract_state_dict(load_torch_file(path, "weights", hint="give a file saved with "
                                                 "torch.save(net.state_dict(), path)"), path)
+    load_state_dict_checked(net, state, f"weights {path}", ignore_prefixes=_classifier_prefixes(net))
+
+
+def load_state_dict_checked(net: nn.Module, state: Dict[str, torch.Tensor], source: str,
+                            ignore_prefixes: Sequence[str] = ()) -> None:
+    """``net.load_state_dict(state)`` with one ValueError listing every missing, unexpected and
+    wrongly shaped key (``source`` names the file in the message). Keys under
+    ``ignore_prefixes`` that ``net`` lacks are dropped (a classifier the net was built without).
+
+    Example:
+        >>> load_state_dict_checked(small_cnn(8), small_cnn(8).state_dict(), "test")
+    """
     own = net.state_dict()
-    prefixes = tuple(p + "." for p in _classifier_prefixes(net))
+    prefixes = tuple(p + "." for p in ignore_prefixes)
     if prefixes:
         state = {k: v for k, v in state.items() if k in own or not k.startswith(prefixes)}
     missing = [k for k in own if k not in state]
@@ -307,6 +320,6 @@ def load_weights(net: nn.Module, path: Union[str, Path]) -> None:
             parts.append(f"unexpected keys: {_list(unexpected)}")
         if shapes:
             parts.append(f"shape mismatches (file vs model): {_list(shapes, 4)}")
-        raise ValueError(f"weights {path} do not fit {type(net).__name__} ({'; '.join(parts)}); give the "
+        raise ValueError(f"{source} do not fit {type(net).__name__} ({'; '.join(parts)}); give the "
                          f"state_dict of the same architecture as the model spec")
     net.load_state_dict(state, strict=True)
