@@ -81,30 +81,53 @@ def _normalize_meta(normalize: Any) -> Optional[List[List[float]]]:
         raise ValueError(f"normalize must be None or (mean, std), got {normalize!r}") from error
 
 
+_FROM_LEARNER: Any = object()
+
+
+def _learner_fields(learner: nn.Module) -> Dict[str, Any]:
+    """What a BYOL learner knows about its backbone: net, hidden layer, pooling, normalisation, sizes."""
+    normalizer = getattr(learner, "normalizer", None)
+    normalize = None
+    if normalizer is not None:
+        normalize = (normalizer.mean.tolist(), normalizer.std.tolist())
+    extractor = learner.extractor  # type: ignore[attr-defined]
+    if extractor.pool_fn is not None:
+        warnings.warn("the learner uses a custom pool_fn, which encoder.pt cannot record: load_encoder will pool "
+                      "the hidden layer's output by token_pool instead", stacklevel=3)
+    shape = tuple(learner.input_shape)  # type: ignore[attr-defined]
+    image_size: Any = shape[1] if len(shape) == 3 and shape[1] == shape[2] else list(shape[1:])
+    return {"net": learner.net, "hidden_layer": extractor.layer, "token_pool": extractor.token_pool,
+            "normalize": normalize, "image_size": image_size,
+            "representation_size": int(learner.representation_size)}  # type: ignore[attr-defined]
+
+
 def export_encoder(
     net: nn.Module,
     path: Union[str, Path],
     *,
-    model_spec: Optional[str],
-    hidden_layer: LayerSpec,
-    image_size: Union[int, Sequence[int]],
-    normalize: Any,
-    representation_size: int,
-    steps: int,
+    model_spec: Any = None,
+    hidden_layer: LayerSpec = _FROM_LEARNER,
+    image_size: Union[int, Sequence[int]] = _FROM_LEARNER,
+    normalize: Any = _FROM_LEARNER,
+    representation_size: int = _FROM_LEARNER,
+    steps: int = 0,
     extra: Optional[Dict[str, Any]] = None,
-    token_pool: str = "auto",
+    token_pool: str = _FROM_LEARNER,
+    model: Any = None,
 ) -> Path:
     """Write ``encoder.pt``: the backbone's ``state_dict`` (on CPU) and its metadata, atomically.
 
     Args:
-        net: the trained backbone (DDP / ``torch.compile`` wrappers are removed).
+        net: the trained backbone (DDP / ``torch.compile`` wrappers are removed), or a BYOL
+            learner: then its ``net`` is saved and every argument left out below is read from it.
         path: the file to write (its folder must exist).
         model_spec: the spec that rebuilds ``net`` (``"torchvision/resnet18"``...), or ``None``
-            for a module that only its author can rebuild (``load_encoder(path, model=...)``).
+            / an ``nn.Module`` for a module that only its author can rebuild
+            (``load_encoder(path, model=...)``). ``model`` is an alias.
         hidden_layer: as given to BYOL; stored resolved to a module name (``None``: output).
         image_size: the training view size; ``normalize``: ``(mean, std)`` or ``None``.
         representation_size, steps: recorded as they are; ``extra``: more plain metadata.
-        token_pool: BYOL's ``token_pool`` for 3-D (token) outputs.
+        token_pool: BYOL's ``token_pool`` for 3-D (token) outputs (default ``"auto"``).
 
     Example:
         >>> import tempfile
@@ -116,7 +139,28 @@ def export_encoder(
     """
     from . import __version__
 
+    from .models import spec_name
+
+    if model_spec is None and model is not None:
+        model_spec = model
+    model_spec = spec_name(model_spec) if model_spec is not None else None
     net = _unwrap(net)
+    if hasattr(net, "extractor") and hasattr(net, "net") and hasattr(net, "input_shape"):  # a BYOL learner
+        fields = _learner_fields(net)
+        net = fields["net"]
+        hidden_layer = fields["hidden_layer"] if hidden_layer is _FROM_LEARNER else hidden_layer
+        image_size = fields["image_size"] if image_size is _FROM_LEARNER else image_size
+        normalize = fields["normalize"] if normalize is _FROM_LEARNER else normalize
+        token_pool = fields["token_pool"] if token_pool is _FROM_LEARNER else token_pool
+        if representation_size is _FROM_LEARNER:
+            representation_size = fields["representation_size"]
+    missing = [name for name, value in (("hidden_layer", hidden_layer), ("image_size", image_size),
+                                        ("normalize", normalize), ("representation_size", representation_size))
+               if value is _FROM_LEARNER]
+    if missing:
+        raise TypeError(f"export_encoder needs {', '.join(missing)} for a backbone (only a BYOL learner "
+                        f"supplies them itself)")
+    token_pool = "auto" if token_pool is _FROM_LEARNER else token_pool
     layer = resolve_layer(net, hidden_layer)
     meta: Dict[str, Any] = {
         "format": FORMAT,
