@@ -348,8 +348,8 @@ class _Run:
         if world.distributed and self.device.type == "cuda":
             self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
         self.learner = self._build_learner()
-        self.arguments = self._arguments(data, model)
         self.optimizer, self.scheduler, self.lr = self._build_optimizer()
+        self.arguments = self._arguments(data, model)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "16" else None
         self.model = self.learner
         if world.distributed:
@@ -427,7 +427,7 @@ class _Run:
         arguments["weights"] = str(Path(arguments["weights"]).resolve()) if arguments["weights"] else None
         for key in ("steps", "epochs", "lr", "device"):
             arguments.pop(key, None)  # folded into total_steps / the learning rate / device_type
-        arguments["lr"] = self.options["lr"]
+        arguments["lr"] = self.lr
         return arguments
 
     # ------------------------------------------------------------------ checkpoint
@@ -440,7 +440,7 @@ class _Run:
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "rng": rng,
             "arguments": self.arguments, "finished": finished,
             "skipped": [list(item) for item in self.skipped], "knn": [list(item) for item in self.knn_history],
-            "elapsed": self.elapsed,
+            "elapsed": self.elapsed, "encoder": self._encoder_meta(),
         }
 
     def _resume(self) -> bool:
@@ -598,11 +598,13 @@ class _Run:
             while self.step < self.total_steps:
                 if iterator is None:
                     loader.set_epoch(self.epoch, self.batch_in_epoch)
-                    with torch.random.fork_rng(devices=[]):  # creating workers must not draw from the RNG
-                        iterator = iter(loader)
+                    iterator = iter(loader)
                 wait_start = time.perf_counter()
                 try:
-                    batch = next(iterator)
+                    # DataLoader draws its workers' base seed from the global RNG when an epoch starts
+                    # (lazily, at the first next()): keep that draw out of the augmentations' RNG stream
+                    with torch.random.fork_rng(devices=[]):
+                        batch = next(iterator)
                 except StopIteration:  # pragma: no cover - the epoch's batches are counted below
                     self.epoch, self.batch_in_epoch, iterator = self.epoch + 1, 0, None
                     continue
@@ -706,13 +708,19 @@ class _Run:
         if self.world.main:
             self._write_skipped()
 
+    def _encoder_meta(self) -> Dict[str, Any]:
+        """What ``export_encoder`` records besides the weights (also kept in last.pt for ``export``)."""
+        normalizer = self.learner.normalizer
+        normalize = None if normalizer is None else [normalizer.mean.tolist(), normalizer.std.tolist()]
+        return {"model_spec": self.model_spec, "hidden_layer": self.hidden_layer, "image_size": self.image_size,
+                "normalize": normalize, "representation_size": int(self.learner.representation_size)}
+
     def _export(self) -> Path:
         path = self.out / "encoder.pt"
         if self.world.main:
             from .encoder import export_encoder
 
-            export_encoder(self.learner, path, model=self.arguments["model"], hidden_layer=self.hidden_layer,
-                           image_size=self.image_size, steps=self.step)
+            export_encoder(self.net, path, steps=self.step, **self._encoder_meta())
         self.world.barrier()
         return path
 
@@ -725,3 +733,40 @@ class _Run:
                   + (f"; skipped {len(self.skipped)} unreadable files (skipped.txt)" if self.skipped else ""))
         if after is not None:
             self._say(f"kNN accuracy after:  {after:.2%}" + (f" (before: {before:.2%})" if before is not None else ""))
+
+
+def export_run(run_dir: Union[str, os.PathLike], out: Optional[Union[str, os.PathLike]] = None) -> Path:
+    """Write the encoder of a run's ``checkpoints/last.pt`` (finished or not) to ``out``
+    (default ``RUN_DIR/encoder.pt``); returns its path.
+
+    Raises:
+        RunError: no checkpoint, an unreadable one, or a run of an ``nn.Module`` given in Python
+            (no spec to rebuild it from: call :func:`byol_wrap.encoder.export_encoder` yourself).
+
+    Example:
+        >>> export_run("runs/digits")                     # doctest: +SKIP
+        PosixPath('runs/digits/encoder.pt')
+    """
+    from .encoder import export_encoder
+    from .models import build_model
+
+    run_dir = Path(run_dir)
+    path = checkpoint_path(run_dir)
+    if not path.exists():
+        what = "does not exist" if not run_dir.exists() else f"holds no checkpoint ({path} is missing)"
+        raise RunError(f"RUN_DIR {run_dir} {what}; give the --out folder of a byol-wrap pretrain run")
+    state = load_checkpoint(path)
+    meta = dict(state["encoder"])
+    if not meta.get("model_spec"):
+        raise RunError(f"{path} is a run of a model given in Python ({state['arguments'].get('model')}); "
+                       f"export it with byol_wrap.encoder.export_encoder(net, path, ...) from your own code")
+    net = build_model(meta["model_spec"], image_size=meta["image_size"])
+    prefix = "net."
+    weights = {key[len(prefix):]: value for key, value in state["learner"].items() if key.startswith(prefix)}
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as error:
+        raise RunError(f"{path}: the saved weights do not fit {meta['model_spec']} "
+                       f"({str(error).splitlines()[0]})") from error
+    target = Path(out) if out is not None else run_dir / "encoder.pt"
+    return export_encoder(net, target, steps=int(state["step"]), **meta)
