@@ -50,7 +50,8 @@ DataArg = Union[str, "os.PathLike[str]", Dataset, Tensor]
 __all__ = [
     "IMAGE_EXTENSIONS", "Batch", "ImageFiles", "ImageTensors", "UserImages", "ImageLoader", "UnreadableImageError",
     "find_images", "default_load_size", "default_workers", "read_image", "open_images", "load_labelled",
-    "load_digits", "load_npz_images", "make_loader", "batches_per_epoch", "eval_images", "SkipCollate",
+    "load_digits", "load_npz_images", "make_loader", "batches_per_epoch", "eval_images", "center_crop",
+    "resize_center_crop", "SkipCollate",
 ]
 
 
@@ -379,8 +380,23 @@ def eval_images(images: Tensor, image_size: Size) -> Tensor:
     target = _pair(image_size)
     if tuple(images.shape[-2:]) == target:
         return images
-    load = _pair(default_load_size(target))
-    return resize_center_crop(resize_center_crop(images, load), target)
+    return center_crop(resize_center_crop(images, default_load_size(target)), target)
+
+
+def center_crop(images: Tensor, size: Size) -> Tensor:
+    """The centre ``size`` window of ``(..., H, W)`` images (no resampling; H, W >= size).
+
+    Example:
+        >>> center_crop(torch.arange(16).view(1, 4, 4), 2)
+        tensor([[[ 5,  6],
+                 [ 9, 10]]])
+    """
+    th, tw = _pair(size)
+    h, w = int(images.shape[-2]), int(images.shape[-1])
+    if h < th or w < tw:
+        raise ValueError(f"cannot crop {th}x{tw} from {h}x{w} images")
+    top, left = (h - th) // 2, (w - tw) // 2
+    return images[..., top:top + th, left:left + tw]
 
 
 class UserImages(Dataset):
@@ -665,7 +681,7 @@ def load_labelled(data: Union[str, "os.PathLike[str]"], image_size: Size, worker
     if skipped:
         warnings.warn(f"kNN data: {len(skipped)} unreadable file(s) left out, e.g. {skipped[0][0]}: "
                       f"{skipped[0][1]}", stacklevel=2)
-    x = resize_center_crop(x, size)
+    x = center_crop(x, size).contiguous()
     y = torch.tensor(labels, dtype=torch.int64)[kept]
     bank, query = _stratified_split(y, split_fraction, seed)
     return x[bank], y[bank], x[query], y[query]
