@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.0, metavar="X", help="Adam's weight decay")
     p.add_argument("--moving-average-decay", type=float, default=0.996, metavar="X",
                    help="base EMA decay of the target, cosine to 1 over the run (default 0.996)")
+    p.add_argument("--projection-size", type=int, default=256, metavar="N",
+                   help="output size of projector and predictor (default 256, the paper's)")
+    p.add_argument("--projection-hidden-size", type=int, default=4096, metavar="N",
+                   help="hidden size of projector and predictor (default 4096, the paper's)")
     p.add_argument("--workers", type=int, default=None, metavar="N", help="processes decoding images")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda when available)")
     p.add_argument("--precision", choices=("32", "bf16", "16"), default=None,
@@ -129,10 +133,13 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _embed(args: argparse.Namespace) -> None:
+    import torch
+
     from .encoder import embed_images
 
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     path = embed_images(args.encoder, args.data, args.out, batch_size=args.batch_size, workers=args.workers,
-                        device=args.device, progress=args.progress)
+                        device=device, progress=args.progress)
     print(f"embeddings: {path}")
 
 

@@ -162,13 +162,14 @@ class MetricsLog:
 
 
 # ----------------------------------------------------------------------------- plots
-def _pyplot() -> Any:
-    import matplotlib
+def _figure(width: float, height: float) -> Any:
+    """A matplotlib Figure on the Agg canvas (no pyplot state, no display needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    figure = Figure(figsize=(width, height), dpi=80)
+    FigureCanvasAgg(figure)
+    return figure
 
 
 def _save_figure(figure: Any, path: Path) -> None:
@@ -177,17 +178,18 @@ def _save_figure(figure: Any, path: Path) -> None:
     from .io import atomic_write_bytes
 
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
+    figure.savefig(buffer, format="png")
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buffer.getvalue())
 
 
 def plot_training(log: MetricsLog, path: os.PathLike, threshold: float = COLLAPSE_THRESHOLD) -> Path:
     """``plots/training.png``: loss, tau, learning rate, collapse metric and kNN accuracy over steps."""
-    plt = _pyplot()
     panels = [("loss", "loss"), ("tau", "tau (target EMA decay)"), ("lr", "learning rate"),
               ("collapse", "collapse metric (1 healthy, 0 collapsed)"), ("knn", "kNN top-1 accuracy")]
-    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    figure = _figure(4 * len(panels), 3.2)
+    axes = figure.subplots(1, len(panels))
+    figure.subplots_adjust(left=0.04, right=0.99, bottom=0.16, top=0.9, wspace=0.3)
     for axis, (key, title) in zip(axes, panels):
         points = log.series(key)
         if points:
@@ -202,9 +204,7 @@ def plot_training(log: MetricsLog, path: os.PathLike, threshold: float = COLLAPS
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
-    figure.tight_layout()
     _save_figure(figure, Path(path))
-    plt.close(figure)
     return Path(path)
 
 
@@ -215,8 +215,6 @@ def plot_augmentations(images: Tensor, view1: Tensor, view2: Tensor, path: os.Pa
     ``images`` may be uint8 or float in [0, 1]; ``normalize=(mean, std)`` undoes a
     normalisation that ended the views, so they show as images.
     """
-    plt = _pyplot()
-
     def displayable(x: Tensor) -> Tensor:
         x = x.detach().float().cpu()
         if x.max() > 1.5:
@@ -229,7 +227,9 @@ def plot_augmentations(images: Tensor, view1: Tensor, view2: Tensor, path: os.Pa
         std = torch.tensor(normalize[1]).view(1, -1, 1, 1)
         rows[1:] = [row * std + mean for row in rows[1:]]
     count = images.shape[0]
-    figure, axes = plt.subplots(3, count, figsize=(1.6 * count, 5.2), squeeze=False)
+    figure = _figure(1.6 * count, 5.0)
+    axes = figure.subplots(3, count, squeeze=False)
+    figure.subplots_adjust(left=0.06, right=0.99, bottom=0.01, top=0.99, wspace=0.05, hspace=0.05)
     for r, (row, label) in enumerate(zip(rows, ("image", "view T", "view T'"))):
         for c in range(count):
             axis = axes[r][c]
@@ -238,9 +238,7 @@ def plot_augmentations(images: Tensor, view1: Tensor, view2: Tensor, path: os.Pa
             axis.set_yticks([])
             if c == 0:
                 axis.set_ylabel(label)
-    figure.tight_layout()
     _save_figure(figure, Path(path))
-    plt.close(figure)
     return Path(path)
 
 

@@ -211,6 +211,8 @@ def pretrain(
     predictor_lr_scale: float = 1.0,
     weight_decay: float = 0.0,
     moving_average_decay: float = 0.996,
+    projection_size: int = 256,
+    projection_hidden_size: int = 4096,
     workers: Optional[int] = None,
     device: Optional[str] = None,
     precision: Optional[Union[str, int]] = None,
@@ -242,6 +244,7 @@ def pretrain(
         predictor_lr_scale: predictor learning rate = lr x this (Adam only; 1 = the paper's single rate).
         weight_decay: Adam's weight decay (LARS uses the paper's 1.5e-6).
         moving_average_decay: the target's base EMA decay (cosine schedule to 1 over the run).
+        projection_size, projection_hidden_size: projector/predictor sizes (the paper's 256 and 4096).
         workers: DataLoader processes decoding images (default: 0 for arrays in memory,
             ``min(8, cpu count)`` for folders).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... (default: CUDA when available).
@@ -272,7 +275,8 @@ def pretrain(
         run = _Run(world, data, Path(out), model, dict(
             hidden_layer=hidden_layer, weights=weights, image_size=image_size, batch_size=batch_size, steps=steps,
             epochs=epochs, lr=lr, optimizer=optimizer, predictor_lr_scale=predictor_lr_scale,
-            weight_decay=weight_decay, moving_average_decay=moving_average_decay, workers=workers,
+            weight_decay=weight_decay, moving_average_decay=moving_average_decay, projection_size=projection_size,
+            projection_hidden_size=projection_hidden_size, workers=workers,
             precision=precision, checkpoint_every=checkpoint_every, log_every=log_every, knn_data=knn_data,
             seed=seed, overwrite=overwrite, strict=strict, progress=progress))
         return run.train()
@@ -322,7 +326,7 @@ class _Run:
             self.total_steps = (DIGITS_STEPS if epochs is None
                                 else _positive_int("epochs", epochs) * self.batches_per_epoch)
         self.checkpoint_every = _positive_int(
-            "checkpoint_every", options["checkpoint_every"] or min(1000, max(50, self.total_steps // 10)))
+            "checkpoint_every", options["checkpoint_every"] or min(1000, max(100, self.total_steps // 10)))
         self.log_every = _positive_int("log_every", options["log_every"])
 
         # Everything random from here on (initialisation, augmentations) follows the seed.
@@ -400,6 +404,9 @@ class _Run:
                           normalize=(tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)))
         return BYOL(self.net, image_size=self.image_size, hidden_layer=self.hidden_layer,
                     total_steps=self.total_steps, moving_average_decay=self.options["moving_average_decay"],
+                    projection_size=_positive_int("projection_size", self.options["projection_size"]),
+                    projection_hidden_size=_positive_int("projection_hidden_size",
+                                                         self.options["projection_hidden_size"]),
                     **kwargs)
 
     def _build_optimizer(self) -> Tuple[torch.optim.Optimizer, Any, float]:
@@ -636,7 +643,7 @@ class _Run:
                     seconds = max(now - window_start, 1e-9)
                     collapse = collapse_metric(projections) if projections is not None else None
                     row = {"step": self.step, "epoch": self.epoch, "loss": loss.item(),
-                           "tau": self.learner.tau, "lr": self.optimizer.param_groups[0]["lr"],
+                           "tau": self.step_tau, "lr": self.step_lr,
                            "images_per_s": window_images / seconds, "data_wait": data_wait / seconds,
                            "collapse": collapse, "skipped": len(self.skipped)}
                     self.elapsed += seconds
@@ -686,8 +693,9 @@ class _Run:
         else:
             loss.backward()
             self.optimizer.step()
+        self.step_lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
-        self.learner.update_moving_average()
+        self.step_tau = self.learner.update_moving_average()
         return loss.detach()
 
     def _diverged(self, what: str) -> None:
