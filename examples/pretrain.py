@@ -12,78 +12,26 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
-from typing import Tuple
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from byol_wrap import BYOL, IMAGENET_MEAN, IMAGENET_STD, byol_param_groups, embed, knn_accuracy
-
-
-def small_cnn(width: int = 16) -> nn.Sequential:
-    """Four conv-BN-ReLU blocks (3 with stride 2), global average pool: a ``8 * width``-d representation."""
-    layers = []
-    channels = [3, width, 2 * width, 4 * width, 8 * width]
-    for i, (cin, cout) in enumerate(zip(channels, channels[1:])):
-        layers += [nn.Conv2d(cin, cout, 3, stride=1 if i == 0 else 2, padding=1, bias=False),
-                   nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+from byol_wrap import BYOL, byol_param_groups
+from byol_wrap.augment import IMAGENET_MEAN, IMAGENET_STD
+from byol_wrap.data import load_labelled
+from byol_wrap.io import atomic_save
+from byol_wrap.knn import knn_eval
+from byol_wrap.models import small_cnn
+from byol_wrap.train import digits_augmentation
 
 
-def digits_augmentation(image_size: int) -> nn.Sequential:
-    """Views for handwritten digits: the paper's T without flips (a mirrored 2 is no 2) and
-    with milder crops (a 8% crop of an 8x8 digit is a blob), colour jitter reduced to
-    brightness/contrast on these grey images."""
-    import kornia.augmentation as K
-
-    return nn.Sequential(
-        K.RandomResizedCrop((image_size, image_size), scale=(0.4, 1.0), ratio=(3 / 4, 4 / 3)),
-        K.RandomAffine(degrees=15, translate=(0.1, 0.1)),
-        K.ColorJitter(brightness=0.4, contrast=0.4, p=0.8),
-        K.RandomGaussianBlur((3, 3), sigma=(0.1, 2.0), p=0.5),
-        K.Normalize(mean=torch.tensor(IMAGENET_MEAN), std=torch.tensor(IMAGENET_STD)),
-    )
-
-
-def load_digits(image_size: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """scikit-learn's digits as float RGB images in [0, 1], upscaled; stratified 80/20 split."""
-    from sklearn.datasets import load_digits as sk_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = sk_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    images = images.clamp(0, 1).repeat(1, 3, 1, 1)
-    labels = torch.tensor(digits.target)
-    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=0.2, random_state=0, stratify=labels)
-    return images[train_idx], labels[train_idx], images[test_idx], labels[test_idx]
-
-
-def load_npz(path: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """CIFAR-like arrays: uint8 NHWC images become NCHW uint8 tensors (the learner scales them)."""
-    data = np.load(path)
-    def images(key: str) -> Tensor:
-        return torch.from_numpy(data[key]).permute(0, 3, 1, 2).contiguous()
-    return images("x_train"), torch.from_numpy(data["y_train"]), images("x_test"), torch.from_numpy(data["y_test"])
-
-
-def evaluate(net: nn.Module, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor) -> float:
-    """Weighted kNN top-1 (k=200, temperature 0.1, cosine) of the encoder's features."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-
+def evaluate(learner: BYOL, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor) -> float:
+    """Weighted kNN top-1 (k=200, temperature 0.1, cosine) of the encoder's features of un-augmented,
+    normalised images (the learner's embedding), in eval mode."""
     def encode(x: Tensor) -> Tensor:
-        x = x.float() / 255 if x.dtype == torch.uint8 else x
-        return net((x - mean) / std)
+        return learner(x, return_embedding=True, return_projection=False)
 
-    was_training = net.training
-    net.eval()
-    accuracy = knn_accuracy(embed(encode, x_train), y_train, embed(encode, x_test), y_test)
-    net.train(was_training)
-    return accuracy
+    return knn_eval(encode, x_train, y_train, x_test, y_test, module=learner)
 
 
 def main() -> None:
@@ -103,16 +51,18 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
-    x_train, y_train, x_test, y_test = load_npz(args.data) if args.data else load_digits(args.image_size)
+    x_train, y_train, x_test, y_test = load_labelled(args.data or "digits", args.image_size)
     print(f"data: {args.data or 'sklearn digits'}: {len(x_train)} train, {len(x_test)} test images, "
           f"{tuple(x_train.shape[1:])}")
 
     net = small_cnn(args.width)
-    # CIFAR-like photos get the paper's augmentations (the default); digits get digit-friendly ones
+    # CIFAR-like photos get the paper's augmentations (the default); digits get digit-friendly ones.
+    # Both end with ImageNet statistics (for the default augmentations that is normalize="auto").
     augment = None if args.data else digits_augmentation(args.image_size)
-    learner = BYOL(net, image_size=args.image_size, hidden_layer=-1, total_steps=args.steps, augment_fn=augment)
+    learner = BYOL(net, image_size=args.image_size, hidden_layer=-1, total_steps=args.steps, augment_fn=augment,
+                   normalize=(IMAGENET_MEAN, IMAGENET_STD))
     optimizer = torch.optim.Adam(byol_param_groups(learner, args.lr, args.predictor_lr_scale))
-    print(f"kNN accuracy before: {evaluate(net, x_train, y_train, x_test, y_test):.2%}")
+    print(f"kNN accuracy before: {evaluate(learner, x_train, y_train, x_test, y_test):.2%}")
 
     start = time.time()
     generator = torch.Generator().manual_seed(args.seed)
@@ -127,9 +77,8 @@ def main() -> None:
             print(f"step {step}/{args.steps}  loss {loss.item():.4f}  tau {learner.tau:.5f}  "
                   f"{time.time() - start:.0f}s", flush=True)
 
-    print(f"kNN accuracy after:  {evaluate(net, x_train, y_train, x_test, y_test):.2%}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), args.out)
+    print(f"kNN accuracy after:  {evaluate(learner, x_train, y_train, x_test, y_test):.2%}")
+    atomic_save(net.state_dict(), args.out)
     print(f"saved the encoder's state_dict to {args.out}")
 
 

@@ -1,4 +1,5 @@
 """The main job keeps working: examples/pretrain.py for a couple of steps, on digits and on a CIFAR-like .npz."""
+import os
 import re
 import subprocess
 import sys
@@ -17,12 +18,14 @@ def run_pretrain(tmp_path, *extra):
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "pretrain.py"), "--steps", "2", "--batch-size", "8",
          "--out", str(out), *extra],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        # this checkout's byol_wrap, not whichever one is installed
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
     )
     assert result.returncode == 0, result.stderr
     accuracies = re.findall(r"kNN accuracy (?:before|after):\s+([\d.]+)%", result.stdout)
     assert len(accuracies) == 2 and all(0 <= float(a) <= 100 for a in accuracies), result.stdout
-    state = torch.load(out)
+    state = torch.load(out, weights_only=True)
     assert any(k.endswith("running_mean") for k in state), "the saved file is the encoder's state_dict"
     return result.stdout
 
