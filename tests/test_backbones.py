@@ -18,10 +18,9 @@ import torchvision
 from torch import Tensor, nn
 
 from byol_wrap import BYOL, list_layers
-from byol_wrap.augment import IMAGENET_MEAN, IMAGENET_STD
 from byol_wrap.hooks import resolve_layer
 
-from helpers import assert_close_scaled
+from helpers import assert_close_scaled, imagenet_normalize_by_hand
 
 timm = pytest.importorskip("timm", reason="timm is in the [test] extra: pip install -e '.[test]'")
 
@@ -30,12 +29,6 @@ BATCH = 4
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TAU = 0.996
-
-
-def imagenet_normalize(x: Tensor) -> Tensor:
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 # ---------------------------------------------------------------- reference features, by hand
@@ -89,7 +82,7 @@ class Case:
     channels: int = 3
     image_size: int = 32
     kwargs: Dict[str, Any] = field(default_factory=dict)
-    normalize: Optional[Callable[[Tensor], Tensor]] = imagenet_normalize
+    normalize: Optional[Callable[[Tensor], Tensor]] = imagenet_normalize_by_hand
 
 
 def user_stats(channels: int):
