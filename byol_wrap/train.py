@@ -289,7 +289,7 @@ class _Run:
 
     def __init__(self, world: _World, data: Any, out: Path, model: Any, options: Dict[str, Any]) -> None:
         self.world, self.out, self.options = world, out, options
-        self.verbose = bool(options["progress"]) and world.main
+        self.verbose = world.main
         self.device = world.device
         if options["optimizer"] not in OPTIMIZERS:
             raise RunError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {options['optimizer']!r}")
@@ -596,9 +596,10 @@ class _Run:
         loader = self._loader()
         self._loader_ref = loader
         recorder = ProjectionRecorder(self.learner.projector)
-        bar = progress_bar(self.total_steps, self.step, enabled=self.verbose)
+        bar = progress_bar(self.total_steps, self.step, enabled=self.verbose and bool(self.options["progress"]))
         window_start, data_wait, window_images = time.perf_counter(), 0.0, 0
         start_step, run_start = self.step, time.perf_counter()
+        step_sleep = float(os.environ.get("BYOL_WRAP_TEST_STEP_SLEEP", "0"))  # test hook: time to kill -9 a run
         iterator = None
         empty_batches = 0
         try:
@@ -634,6 +635,8 @@ class _Run:
                 recorder.take()  # forget projections of anything but this step (e.g. a kNN evaluation)
                 loss = self._train_step(images)
                 self.step += 1
+                if step_sleep:
+                    time.sleep(step_sleep)
                 window_images += images.shape[0] * self.world.size
                 projections = recorder.take()
                 bar.update(1)
