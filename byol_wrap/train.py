@@ -399,8 +399,10 @@ class _Run:
         from .augment import IMAGENET_MEAN, IMAGENET_STD
 
         kwargs: Dict[str, Any] = {}
+        if self.device.type == "cpu":
+            kwargs["sync_batchnorm"] = False  # torch has no SyncBatchNorm on CPU: each process's own statistics
         if self.is_digits:
-            kwargs = dict(augment_fn=digits_augmentation(self.image_size),
+            kwargs.update(augment_fn=digits_augmentation(self.image_size),
                           normalize=(tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)))
         return BYOL(self.net, image_size=self.image_size, hidden_layer=self.hidden_layer,
                     total_steps=self.total_steps, moving_average_decay=self.options["moving_average_decay"],
@@ -440,6 +442,9 @@ class _Run:
     # ------------------------------------------------------------------ checkpoint
     def _state(self, finished: bool) -> Dict[str, Any]:
         rng = self.world.gather(get_rng_state())
+        if self.world.distributed:  # every rank's unreadable files (each decodes its own shard)
+            merged = list(dict.fromkeys(item for rank_items in self.world.gather(self.skipped) for item in rank_items))
+            self.skipped = [tuple(item) for item in merged]
         return {
             "format": "byol-wrap-run", "version": 1, "learner": self.learner.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),

@@ -141,3 +141,37 @@ def test_corrupt_last_pt_message(data, tmp_path, capsys):
     assert main(command(data, out)[3:]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(path) in err[0] and "Traceback" not in err[0]
+
+
+@pytest.mark.integration
+def test_torchrun_two_cpu_processes_crash_and_resume(tmp_path):
+    """``torchrun --nproc_per_node=2`` (gloo): rank 0 is killed inside the step-4 checkpoint write, the same
+    command resumes from step 2; only rank 0 wrote files, and skipped.txt has both ranks' unreadable files."""
+    from PIL import Image
+
+    root = tmp_path / "images"
+    root.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 256, (18, 18, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    broken = sorted([str(root / "broken_a.jpg"), str(root / "broken_b.png")])
+    for path in broken:
+        Path(path).write_bytes(b"not an image")
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "byol_wrap",
+            "pretrain", str(root), "--out", str(out), "--image-size", "16", "--batch-size", "2", "--steps", "6",
+            "--checkpoint-every", "2", "--log-every", "1", "--projection-size", "32", "--projection-hidden-size",
+            "64", "--workers", "0", "--no-progress"]
+    crashed = subprocess.run(argv, env=environment(BYOL_WRAP_TEST_CRASH_IN_CHECKPOINT="4"), capture_output=True,
+                             text=True, timeout=300)
+    assert crashed.returncode != 0
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 2
+    resumed = subprocess.run(argv, env=environment(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.count("resuming from step 2") == 1, "only rank 0 speaks"
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == 6 and state["finished"] and len(state["rng"]) == 2 and state["arguments"]["world_size"] == 2
+    assert sorted(losses(out)) == list(range(1, 7))
+    assert sorted(line.split("\t")[0] for line in (out / "skipped.txt").read_text().splitlines()) == broken
+    assert len(list((out / "tensorboard").glob("events.*"))) == 2, "one event file per launch: rank 0's"
+    torch.load(out / "encoder.pt", weights_only=True)
