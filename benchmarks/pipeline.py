@@ -266,7 +266,7 @@ def monitoring_cost(images32: torch.Tensor, args: argparse.Namespace, work: Path
           f"{1000 * per_step:.3f} ms/step = {100 * share:.2f}% of a step")
     # the monitored loop vs the plain loop (noisy at the 1% level on a shared machine)
     ab: Dict[str, List[float]] = {"plain": [], "monitored": []}
-    for r in range(args.rounds):
+    for r in range(args.rounds if not args.quick else 0):
         for name in (("plain", "monitored") if r % 2 == 0 else ("monitored", "plain")):
             result = timed_round(trainer, source, args.monitor_steps, monitored if name == "monitored" else None)
             ab[name].append(result["seconds"] / args.monitor_steps)
@@ -274,7 +274,8 @@ def monitoring_cost(images32: torch.Tensor, args: argparse.Namespace, work: Path
     bar.close()
     devnull.close()
     metrics.close()
-    plain, watched = statistics.median(ab["plain"]), statistics.median(ab["monitored"])
+    plain = statistics.median(ab["plain"]) if ab["plain"] else float("nan")
+    watched = statistics.median(ab["monitored"]) if ab["monitored"] else float("nan")
     log(f"  A/B: plain {1000 * plain:.1f} ms/step, monitored {1000 * watched:.1f} ms/step "
         f"({100 * (watched / plain - 1):+.2f}%, {args.rounds} interleaved rounds of {args.monitor_steps} steps)")
     return {"image_size": side, "step_seconds": step_seconds, "pieces_seconds": pieces, "log_every": log_every,
@@ -320,6 +321,11 @@ def scan_cost(count: int, work: Path, log: Callable[[str], None]) -> Dict[str, A
 def markdown(result: Dict[str, Any]) -> str:
     lines = [f"# Input pipeline and monitoring ({result['machine']})", "",
              f"`{result['command']}`", "",
+             f"Model `{result['args']['model']}`, batch {result['args']['batch_size']}, training process on "
+             f"{result['args']['threads']} torch thread(s), default decoding workers {result['default_workers']}; "
+             f"load average {result.get('load_average_start', float('nan')):.1f} at the start and "
+             f"{result.get('load_average_end', float('nan')):.1f} at the end (a shared machine). Interleaved rounds, "
+             f"medians.", "",
              "| images | load size | pipeline | images/s (median) | data wait | ratio to memory |",
              "| --- | --- | --- | --- | --- | --- |"]
     for entry in result["pipelines"]:
@@ -372,7 +378,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parser.parse_args(argv)
     if args.quick:
         args.images, args.sizes, args.batch_size, args.steps, args.steps_large = 24, "24", 8, 1, 1
-        args.rounds, args.worker_sweep, args.monitor_size, args.monitor_steps = 1, "1", 24, 2
+        args.rounds, args.worker_sweep, args.monitor_size, args.monitor_steps = 1, str(D.default_workers()), 24, 2
         args.log_every, args.plot_every, args.scan_files = 1, 2, 500
         args.model = "byol_wrap/small_cnn:4"
         REPEAT_SCALE["value"] = 0.05
