@@ -289,7 +289,7 @@ class _Run:
 
     def __init__(self, world: _World, data: Any, out: Path, model: Any, options: Dict[str, Any]) -> None:
         self.world, self.out, self.options = world, out, options
-        self.verbose = bool(options["progress"]) and world.main
+        self.verbose = world.main
         self.device = world.device
         if options["optimizer"] not in OPTIMIZERS:
             raise RunError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {options['optimizer']!r}")
@@ -400,8 +400,10 @@ class _Run:
         from .augment import IMAGENET_MEAN, IMAGENET_STD
 
         kwargs: Dict[str, Any] = {}
+        if self.device.type == "cpu":
+            kwargs["sync_batchnorm"] = False  # torch has no SyncBatchNorm on CPU: each process's own statistics
         if self.is_digits:
-            kwargs = dict(augment_fn=digits_augmentation(self.image_size),
+            kwargs.update(augment_fn=digits_augmentation(self.image_size),
                           normalize=(tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)))
         return BYOL(self.net, image_size=self.image_size, hidden_layer=self.hidden_layer,
                     total_steps=self.total_steps, moving_average_decay=self.options["moving_average_decay"],
@@ -441,6 +443,9 @@ class _Run:
     # ------------------------------------------------------------------ checkpoint
     def _state(self, finished: bool) -> Dict[str, Any]:
         rng = self.world.gather(get_rng_state())
+        if self.world.distributed:  # every rank's unreadable files (each decodes its own shard)
+            merged = list(dict.fromkeys(item for rank_items in self.world.gather(self.skipped) for item in rank_items))
+            self.skipped = [tuple(item) for item in merged]
         return {
             "format": "byol-wrap-run", "version": 1, "learner": self.learner.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -604,9 +609,10 @@ class _Run:
         loader = self._loader()
         self._loader_ref = loader
         recorder = ProjectionRecorder(self.learner.projector)
-        bar = progress_bar(self.total_steps, self.step, enabled=self.verbose)
+        bar = progress_bar(self.total_steps, self.step, enabled=self.verbose and bool(self.options["progress"]))
         window_start, data_wait, window_images = time.perf_counter(), 0.0, 0
         start_step, run_start = self.step, time.perf_counter()
+        step_sleep = float(os.environ.get("BYOL_WRAP_TEST_STEP_SLEEP", "0"))  # test hook: time to kill -9 a run
         iterator = None
         empty_batches = 0
         try:
@@ -642,6 +648,8 @@ class _Run:
                 recorder.take()  # forget projections of anything but this step (e.g. a kNN evaluation)
                 loss = self._train_step(images)
                 self.step += 1
+                if step_sleep:
+                    time.sleep(step_sleep)
                 window_images += images.shape[0] * self.world.size
                 projections = recorder.take()
                 bar.update(1)
