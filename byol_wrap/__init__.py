@@ -15,6 +15,7 @@ from .hooks import RepresentationExtractor, format_layers, list_layers, pool, pr
 from .loss import byol_loss, symmetric_byol_loss
 from .optim import byol_param_groups, lars_optimizer, paper_optimizer, param_groups, scaled_lr, warmup_cosine, warmup_cosine_scheduler
 from .parallel import ddp_params_to_ignore, unwrap
+from .rng import get_rng_state, set_rng_state
 
 __version__ = "0.1.0"
 
@@ -32,12 +33,14 @@ __all__ = [
     "ema_update_",
     "embed",
     "format_layers",
+    "get_rng_state",
     "knn_accuracy",
     "knn_predict",
     "list_layers",
     "pool",
     "print_layers",
     "resolve_layer",
+    "set_rng_state",
     "symmetric_byol_loss",
     # scaling out (parallel.py) and the paper's optimisation recipe (optim.py)
     "byol_param_groups",
