@@ -91,15 +91,13 @@ def nonfinite_names(named: Iterable[Tuple[str, Tensor]]) -> List[str]:
 
 
 def all_finite(tensors: Sequence[Tensor]) -> bool:
-    """Whether every tensor is finite, with one fused max-abs reduction and one host sync."""
-    floats = [t.detach() for t in tensors if t.is_floating_point() and t.numel()]
-    if not floats:
-        return True
-    norms = torch._foreach_norm(floats, float("inf"))
-    # one sync per device: the norms of different devices cannot be stacked
+    """Whether every tensor is finite: a min/max per tensor (NaN propagates, no overflow),
+    one host sync per device. About as costly as the EMA update itself on a CPU (it reads
+    the weights once), a fraction of a millisecond on a GPU."""
     by_device: dict = {}
-    for n in norms:
-        by_device.setdefault(n.device, []).append(n.float())
+    for t in tensors:
+        if t.is_floating_point() and t.numel():
+            by_device.setdefault(t.device, []).append(torch.stack(torch.aminmax(t.detach())).float())
     return all(bool(torch.isfinite(torch.stack(group)).all()) for group in by_device.values())
 
 
