@@ -1,34 +1,52 @@
 """``BYOL``: the learner that ties augment -> encode (hook) -> project/predict -> loss -> EMA."""
 from __future__ import annotations
 
+import contextlib
 import copy
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from .augment import (
-    DEFAULT_NORMALIZATION,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     ChannelNormalize,
     Normalization,
     check_normalization,
     default_augmentations,
     to_float_images,
 )
-from .ema import cosine_tau, ema_update_
-from .heads import MLP, use_sync_batchnorm
-from .hooks import (
-    LayerSpec,
-    RepresentationExtractor,
+from .checks import (
+    ImageRangeWarning,
+    NonFiniteError,
+    all_finite,
+    check_input_batch,
+    check_loss,
+    nonfinite_names,
+    range_message,
+    restore_batchnorm_on_error,
+    shorten,
+)
+from .ema import PAPER_MOVING_AVERAGE_DECAY, cosine_tau, ema_update_
+from .heads import MLP, resolve_sync_batchnorm
+from .hooks import AmbiguousOutputError, HiddenLayerNotRunError, LayerSpec, RepresentationExtractor, resolve_layer
+from .loss import symmetric_byol_loss
+from .pooling import Pooling
+from .probe import (
+    PROBE_ERRORS,
+    ImageSize,
     cuda_rng_devices,
     infer_input_shape,
     module_device_dtype,
     probe_context,
-    resolve_layer,
+    probe_failure,
 )
-from .loss import symmetric_byol_loss
 
 Augment = Callable[[Tensor], Tensor]
+#: ``normalize`` as given to ``BYOL``: statistics, ``None``, or ``"auto"``.
+NormalizeOption = Union[Normalization, str]
 
 
 def default_augmentations_error(input_shape: Sequence[int]) -> str:
@@ -45,6 +63,71 @@ def default_augmentations_error(input_shape: Sequence[int]) -> str:
                    f"kornia.augmentation as K, and normalize=(mean, std) with one value per channel")
     return (f"{what}. Pass augment_fn (and optionally augment_fn2 for the second view): callables that take a "
             f"batch (N, {', '.join(map(str, shape))}) and return a randomly augmented batch, {example}.")
+
+
+def resolve_normalize(normalize: NormalizeOption, default_augmentations: bool, channels: int) -> Normalization:
+    """The statistics ``BYOL`` normalises with, or ``None``.
+
+    ``"auto"`` means ImageNet statistics with the default augmentations and none with your
+    own ``augment_fn``; explicit statistics must have 1 or ``channels`` values each.
+
+    Example:
+        >>> resolve_normalize("auto", default_augmentations=False, channels=4) is None
+        True
+    """
+    if isinstance(normalize, str):
+        if normalize != "auto":
+            raise ValueError(f"normalize must be 'auto', None or a pair (mean, std), got {normalize!r}")
+        return (IMAGENET_MEAN, IMAGENET_STD) if default_augmentations else None
+    check_normalization(normalize, channels)
+    return normalize
+
+
+def check_arguments(
+    net: nn.Module,
+    moving_average_decay: float,
+    total_steps: Optional[int],
+    augment_fn: Optional[Augment],
+    augment_fn2: Optional[Augment],
+) -> None:
+    """The argument checks of :class:`BYOL` that need no probe."""
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+    if not 0.0 <= moving_average_decay <= 1.0:
+        raise ValueError(f"moving_average_decay must lie in [0, 1], got {moving_average_decay}")
+    if isinstance(total_steps, bool):
+        raise ValueError(
+            f"total_steps={total_steps} is a bool, not a number of steps; byol-pytorch's 9th positional argument "
+            f"is use_momentum, byol-wrap's is total_steps: pass use_momentum= (and total_steps=) by keyword"
+        )
+    if total_steps is not None and (not isinstance(total_steps, int) or total_steps <= 0):
+        raise ValueError(f"total_steps must be a positive int or None, got {total_steps!r}")
+    for name, fn in (("augment_fn", augment_fn), ("augment_fn2", augment_fn2)):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{name} must be callable on a batch of images, got {type(fn).__name__}")
+
+
+def check_simplicial_embeddings(use_simplicial_embeddings: bool) -> None:
+    """byol-pytorch's ``use_simplicial_embeddings`` has no counterpart here: ``False`` is what
+    BYOL does anyway; ``True`` is refused with what to do instead."""
+    if use_simplicial_embeddings:
+        raise ValueError(
+            "use_simplicial_embeddings=True (byol-pytorch's simplicial embedding projector) has no counterpart in "
+            "byol-wrap, which uses the paper's MLP projector; pass use_simplicial_embeddings=False (or leave it "
+            "out): byol-wrap's projector is the paper's MLP. The sem_* keywords only apply with it and are "
+            "ignored otherwise."
+        )
+
+
+def exclude_from_state_dict(module: object) -> None:
+    """Make every buffer of ``module`` (if it is an ``nn.Module``) non-persistent: augmentation
+    state (kornia's parameter generators) is how a run augmented, not what it learned."""
+    if not isinstance(module, nn.Module):
+        return
+    for sub in module.modules():
+        for name, buffer in list(sub.named_buffers(recurse=False)):
+            delattr(sub, name)
+            sub.register_buffer(name, buffer, persistent=False)
 
 
 class BYOL(nn.Module):
@@ -68,19 +151,18 @@ class BYOL(nn.Module):
         augment_fn: replaces T, the first view's augmentation (any callable on a batch).
             Given alone, it is used for both views.
         augment_fn2: replaces T', the second view's augmentation.
-        moving_average_decay: the base EMA decay ``tau_base`` (0.996 in the paper).
+        moving_average_decay: the EMA decay, the paper's ``tau_base`` (0.996).
         total_steps: number of :meth:`update_moving_average` calls in the run; when given,
-            tau follows the paper's cosine schedule from ``tau_base`` to 1.
+            tau follows the paper's cosine schedule from ``moving_average_decay`` to 1.
         use_momentum: ``False`` gives the SimSiam variant (target = online under
             stop-gradient, no EMA).
         sync_batchnorm: ``nn.SyncBatchNorm`` in projector and predictor; ``None``: when
             torch.distributed is initialised with more than one rank and ``net`` is not on
             the CPU (torch has no SyncBatchNorm for CPU).
-        normalize: ``(mean, std)``, one value per input channel, ending the default
-            augmentations and applied to embedding inputs (ImageNet statistics by
-            default); ``None`` for none. With your own ``augment_fn`` the default is
-            not applied (normalise inside it); statistics you pass explicitly end your
-            augmentations too and apply to embedding inputs, for any channel count.
+        normalize: ``(mean, std)`` (one value per input channel, or one for all),
+            ``None``, or ``"auto"``. It runs after whichever augmentation runs and on
+            embedding inputs; ``"auto"`` (the default) means ImageNet statistics with the
+            default augmentations and none with your own ``augment_fn``.
         token_pool: pooling of 3-D outputs: ``"cls"``, ``"mean"`` (over tokens),
             ``"spatial"`` (``(N, C, L)`` maps) or ``"auto"`` (class token if the net has one).
         pool_fn: a callable replacing the default pooling of the hidden layer's output.
@@ -91,6 +173,13 @@ class BYOL(nn.Module):
             as in the paper.
         input_shape: per-sample input shape for the probe when ``image_size`` does not
             describe it, e.g. ``(channels, length)`` for a 1-D signal encoder.
+        check_finite: raise :class:`~byol_wrap.checks.NonFiniteError` for a NaN/inf in the
+            input batch (before any forward), in the loss (BatchNorm running statistics put
+            back) or in the online weights at :meth:`update_moving_average` (target kept),
+            and warn once when float images lie far outside [0, 1] with the default
+            augmentations. Each check costs a host sync; ``False`` turns them all off.
+        use_simplicial_embeddings, sem_num_simplices, sem_simplex_dim, sem_temperature:
+            byol-pytorch's keywords, accepted for migration; ``True`` raises (no counterpart).
 
     Example:
         >>> import torchvision
@@ -103,93 +192,70 @@ class BYOL(nn.Module):
     def __init__(
         self,
         net: nn.Module,
-        image_size: Union[int, Sequence[int], None] = None,
+        image_size: ImageSize = None,
         hidden_layer: LayerSpec = -2,
         projection_size: int = 256,
         projection_hidden_size: int = 4096,
         augment_fn: Optional[Augment] = None,
         augment_fn2: Optional[Augment] = None,
-        moving_average_decay: float = 0.996,
+        moving_average_decay: float = PAPER_MOVING_AVERAGE_DECAY,
         total_steps: Optional[int] = None,
         use_momentum: bool = True,
         sync_batchnorm: Optional[bool] = None,
         *,
-        normalize: Normalization = DEFAULT_NORMALIZATION,
+        normalize: NormalizeOption = "auto",
         token_pool: str = "auto",
         pool_fn: Optional[Callable[[Tensor], Tensor]] = None,
         early_exit: bool = True,
         concat_views: bool = False,
         input_shape: Optional[Sequence[int]] = None,
+        check_finite: bool = True,
+        use_simplicial_embeddings: bool = False,
+        sem_num_simplices: int = 32,
+        sem_simplex_dim: int = 8,
+        sem_temperature: float = 0.1,
     ) -> None:
         super().__init__()
-        if not isinstance(net, nn.Module):
-            raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
-        if not 0.0 <= moving_average_decay <= 1.0:
-            raise ValueError(f"moving_average_decay must lie in [0, 1], got {moving_average_decay}")
-        if total_steps is not None and (not isinstance(total_steps, int) or total_steps <= 0):
-            raise ValueError(f"total_steps must be a positive int or None, got {total_steps!r}")
-        for name, fn in (("augment_fn", augment_fn), ("augment_fn2", augment_fn2)):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"{name} must be callable on a batch of images, got {type(fn).__name__}")
-
+        check_arguments(net, moving_average_decay, total_steps, augment_fn, augment_fn2)
+        check_simplicial_embeddings(use_simplicial_embeddings)
+        self.check_finite = bool(check_finite)
+        self._range_warned = False
         self.net = net
         self.input_shape = infer_input_shape(net, image_size, input_shape)
         self.extractor = RepresentationExtractor(
-            resolve_layer(net, hidden_layer), token_pool=token_pool, pool_fn=pool_fn, early_exit=early_exit
+            resolve_layer(net, hidden_layer), token_pool, pool_fn, early_exit, pooling=Pooling.for_net(net, token_pool)
         )
         self.moving_average_decay = float(moving_average_decay)
         self.total_steps = total_steps
         self.use_momentum = use_momentum
         self.concat_views = concat_views
         self.ema_step = 0
+        self._set_augmentations(augment_fn, augment_fn2, normalize)
+        device, dtype = module_device_dtype(net)
+        self.representation_size, unused = self._probe(device, dtype, image_size)
+        # Unused backbone parameters (e.g. the classifier after the hidden layer) get no
+        # gradient; DistributedDataParallel would fail on them without this list.
+        self._ddp_params_and_buffers_to_ignore = [f"net.{name}" for name in unused]
+        self._build_heads(projection_size, projection_hidden_size, sync_batchnorm, device, dtype)
+        self._build_target()
 
+    # ------------------------------------------------------------------ construction
+    def _set_augmentations(self, augment_fn: Optional[Augment], augment_fn2: Optional[Augment],
+                           normalize: NormalizeOption) -> None:
+        """T and T' (the paper's unless given) and the normalisation that follows whichever runs."""
         self.uses_default_augmentations = augment_fn is None and augment_fn2 is None
         if self.uses_default_augmentations:
             if len(self.input_shape) != 3 or self.input_shape[0] != 3:
                 raise ValueError(default_augmentations_error(self.input_shape))
-            check_normalization(normalize, 3)
-            augment_fn, augment_fn2 = default_augmentations(self.input_shape[1:], normalize)
+            augment_fn, augment_fn2 = default_augmentations(self.input_shape[1:])
         self.augment1: Augment = augment_fn  # type: ignore[assignment]
         self.augment2: Augment = augment_fn2 if augment_fn2 is not None else augment_fn  # type: ignore[assignment]
-        # Statistics given explicitly with custom augmentations end those augmentations.
-        self.normalize_views = not self.uses_default_augmentations and normalize is not None and (
-            normalize is not DEFAULT_NORMALIZATION
-        )
-        if self.normalize_views:
-            check_normalization(normalize, self.input_shape[0])
-        use_normalizer = normalize is not None and (self.uses_default_augmentations or self.normalize_views)
-        self.normalizer = ChannelNormalize(*normalize) if use_normalizer else None  # type: ignore[misc]
+        stats = resolve_normalize(normalize, self.uses_default_augmentations, self.input_shape[0])
+        self.normalizer: Optional[ChannelNormalize] = ChannelNormalize(*stats) if stats is not None else None
+        exclude_from_state_dict(self.augment1)
+        exclude_from_state_dict(self.augment2)
 
-        device, dtype = module_device_dtype(net)
-        representation_size, unused = self._probe(device, dtype, image_size)
-        self.representation_size = representation_size
-        # Unused backbone parameters (e.g. the classifier after the hidden layer) get no
-        # gradient; DistributedDataParallel would fail on them without this list.
-        self._ddp_params_and_buffers_to_ignore = [f"net.{name}" for name in unused]
-
-        sync_batchnorm = use_sync_batchnorm(sync_batchnorm, device)  # None: not on CPU, which has no SyncBatchNorm
-        with torch.random.fork_rng(devices=cuda_rng_devices(device)):
-            self.projector = MLP(representation_size, projection_size, projection_hidden_size, sync_batchnorm)
-            self.predictor = MLP(projection_size, projection_size, projection_hidden_size, sync_batchnorm)
-        self.projector.to(device=device, dtype=dtype)
-        self.predictor.to(device=device, dtype=dtype)
-
-        self.target_net: Optional[nn.Module] = None
-        self.target_projector: Optional[nn.Module] = None
-        if use_momentum:
-            try:
-                self.target_net = copy.deepcopy(net)
-            except Exception as error:  # pragma: no cover - depends on the user's module
-                raise RuntimeError(
-                    f"could not copy {type(net).__name__} for the target network ({error}); "
-                    f"make the module deep-copyable or use use_momentum=False"
-                ) from error
-            self.target_projector = copy.deepcopy(self.projector)
-            self.target_net.requires_grad_(False)
-            self.target_projector.requires_grad_(False)
-
-    # ------------------------------------------------------------------ construction
-    def _probe(self, device: torch.device, dtype: torch.dtype, image_size: Any) -> Tuple[int, List[str]]:
+    def _probe(self, device: torch.device, dtype: torch.dtype, image_size: ImageSize) -> Tuple[int, List[str]]:
         """Representation size and the names of net parameters it does not depend on."""
         x = torch.zeros((2, *self.input_shape), device=device, dtype=dtype)
         trainable = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
@@ -201,14 +267,10 @@ class BYOL(nn.Module):
                     if trainable and representation.requires_grad
                     else [None] * len(trainable)
                 )
-        except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as error:
-            if "never ran" in str(error):
-                raise
-            raise ValueError(
-                f"{type(self.net).__name__} does not accept inputs of shape {tuple(x.shape[1:])} "
-                f"(image_size={image_size!r}): {error}. Give the image_size the net was built for, "
-                f"or input_shape=(channels, ...) for inputs that are not square RGB images."
-            ) from error
+        except (HiddenLayerNotRunError, AmbiguousOutputError):
+            raise
+        except PROBE_ERRORS as error:
+            raise probe_failure(self.net, self.input_shape, error, image_size) from error
         if representation.ndim != 2:
             raise ValueError(
                 f"the representation must be one vector per sample, got shape {tuple(representation.shape)}; "
@@ -217,22 +279,74 @@ class BYOL(nn.Module):
         unused = [name for (name, _), g in zip(trainable, grads) if g is None]
         return int(representation.shape[1]), unused
 
+    def _build_heads(self, projection_size: int, projection_hidden_size: int, sync_batchnorm: Optional[bool],
+                     device: torch.device, dtype: torch.dtype) -> None:
+        """Projector and predictor, on the net's device and dtype, without touching the global RNG."""
+        sync = resolve_sync_batchnorm(sync_batchnorm, device)  # None: not on CPU, which has no SyncBatchNorm
+        with torch.random.fork_rng(devices=cuda_rng_devices(device)):
+            self.projector = MLP(self.representation_size, hidden_dim=projection_hidden_size,
+                                 output_dim=projection_size, sync_batchnorm=sync)
+            self.predictor = MLP(projection_size, hidden_dim=projection_hidden_size,
+                                 output_dim=projection_size, sync_batchnorm=sync)
+        self.projector.to(device=device, dtype=dtype)
+        self.predictor.to(device=device, dtype=dtype)
+
+    def _build_target(self) -> None:
+        """The target network: a frozen copy of net and projector (none with ``use_momentum=False``)."""
+        self.target_net: Optional[nn.Module] = None
+        self.target_projector: Optional[nn.Module] = None
+        if not self.use_momentum:
+            return
+        try:
+            self.target_net = copy.deepcopy(self.net)
+        except Exception as error:  # pragma: no cover - depends on the user's module
+            raise RuntimeError(
+                f"could not copy {type(self.net).__name__} for the target network ({error}); "
+                f"make the module deep-copyable or use use_momentum=False"
+            ) from error
+        self.target_projector = copy.deepcopy(self.projector)
+        self.target_net.requires_grad_(False)
+        self.target_projector.requires_grad_(False)
+
     # ------------------------------------------------------------------ networks
     def _online(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """(projection, representation) of the online network."""
-        representation = self.extractor(self.net, x)
+        try:
+            representation = self.extractor(self.net, x)
+        except (HiddenLayerNotRunError, AmbiguousOutputError, NonFiniteError):
+            raise
+        except PROBE_ERRORS as error:
+            if tuple(x.shape[1:]) == self.input_shape:
+                raise
+            raise ValueError(self._size_message(x, f"{type(self.net).__name__} fails on them ({error})")) from error
+        if representation.ndim != 2 or representation.shape[1] != self.representation_size:
+            raise ValueError(self._size_message(
+                x, f"the hidden layer gives a representation of shape {tuple(representation.shape[1:])} instead of "
+                   f"({self.representation_size},), the projector's input size"))
         return self.projector(representation), representation
+
+    def _size_message(self, x: Tensor, what: str) -> str:
+        return (f"inputs of shape {tuple(x.shape[1:])} reach the network, which was built and probed for "
+                f"{self.input_shape}, and {what}. Resize the images to {self.input_shape[1:]} (image_size), or "
+                f"choose a hidden layer whose output size does not depend on the input size (global pooling).")
 
     @torch.no_grad()
     def _target(self, x: Tensor) -> Tensor:
         net = self.target_net if self.target_net is not None else self.net
         projector = self.target_projector if self.target_projector is not None else self.projector
-        return projector(self.extractor(net, x)).detach()
+        projection: Tensor = projector(self.extractor(net, x))
+        return projection.detach()
 
     def _check_input(self, x: Tensor, augmented: bool) -> Tensor:
         if not isinstance(x, Tensor):
             raise TypeError(f"expected a tensor of images, got {type(x).__name__}")
+        if x.ndim == 0:
+            raise ValueError(f"expected a batch of shape (N, {', '.join(map(str, self.input_shape))}), got a 0-d "
+                             f"tensor (a single number); stack samples along a first dimension, e.g. x[None]")
         x = to_float_images(x)
+        if augmented and x.shape[0] == 0:
+            raise ValueError(f"empty batch {tuple(x.shape)}: the loss of no samples is undefined; skip empty batches "
+                             f"(e.g. DataLoader(..., drop_last=True))")
         if self.training and x.shape[0] < 2:
             raise ValueError(
                 f"a batch of {x.shape[0]} cannot be used in training mode: the BatchNorm layers in the "
@@ -242,13 +356,52 @@ class BYOL(nn.Module):
             expected = self.input_shape
             if x.ndim != len(expected) + 1 or x.shape[1] != expected[0]:
                 raise ValueError(
-                    f"expected input of shape (N, {', '.join(map(str, expected))}) (N, C{', H, W' if len(expected) == 3 else ', ...'}"
+                    f"expected input of shape (N, {', '.join(map(str, expected))}) "
+                    f"(N, C{', H, W' if len(expected) == 3 else ', ...'}"
                     f" with C={expected[0]}), got {tuple(x.shape)}"
                 )
         device, _ = module_device_dtype(self.net)
         if x.device != device:
             raise ValueError(f"images are on {x.device} but the learner is on {device}; move one to the other")
+        self._check_modules_agree()
+        if self.check_finite and x.numel():
+            self._check_values(x)
         return x
+
+    def _check_modules_agree(self) -> None:
+        """Net, heads and target on one device and dtype (a net converted alone after
+        construction would end in a raw matmul error)."""
+        where = module_device_dtype(self.net)
+        for name in ("projector", "target_net"):
+            module = getattr(self, name)
+            if module is not None and module_device_dtype(module) != where:
+                other = module_device_dtype(module)
+                raise ValueError(
+                    f"the net's parameters are {where[1]} on {where[0]} but the {name}'s are {other[1]} on {other[0]}: "
+                    f"the net was converted after BYOL was built. Convert the learner instead, learner.to(device, "
+                    f"dtype), which converts net, heads and target together."
+                )
+
+    def _check_values(self, x: Tensor) -> None:
+        """NaN/inf raise; float images far outside [0, 1] warn once (default augmentations)."""
+        lo, hi = check_input_batch(x)
+        if self.uses_default_augmentations and not self._range_warned:
+            message = range_message(lo, hi)
+            if message is not None:
+                self._range_warned = True
+                warnings.warn(message, ImageRangeWarning, stacklevel=4)
+
+    def _check_views(self, *views: Tensor) -> None:
+        """Custom augmentations must give what the net takes (dimensions and channels)."""
+        expected = self.input_shape
+        for view in views:
+            if view.ndim != len(expected) + 1 or (len(expected) > 1 and view.shape[1] != expected[0]):
+                raise ValueError(f"the augmentation returned views of shape {tuple(view.shape)}, but the net takes "
+                                 f"(N, {', '.join(map(str, expected))}) (channels {expected[0]}); check augment_fn "
+                                 f"and the input batch {tuple(views[0].shape)}")
+
+    def _normalize(self, x: Tensor) -> Tensor:
+        return self.normalizer(x) if self.normalizer is not None else x
 
     def _to_net_dtype(self, x: Tensor) -> Tensor:
         _, dtype = module_device_dtype(self.net)
@@ -269,28 +422,39 @@ class BYOL(nn.Module):
         """
         x = self._check_input(x, augmented=not return_embedding)
         if return_embedding:
-            if self.normalizer is not None:
-                x = self.normalizer(x)
-            projection, representation = self._online(self._to_net_dtype(x))
+            projection, representation = self._online(self._to_net_dtype(self._normalize(x)))
             return (projection, representation) if return_projection else representation
+        if not self.check_finite:
+            return self._loss(x)
+        with restore_batchnorm_on_error(self):
+            loss = self._loss(x)
+            check_loss(loss, self.named_parameters())
+        return loss
 
+    def _loss(self, x: Tensor) -> Tensor:
+        """Augment, encode both views online and with the target, the symmetric loss."""
         view1, view2 = self.augment1(x), self.augment2(x)
-        if self.normalize_views:
-            view1, view2 = self.normalizer(view1), self.normalizer(view2)  # type: ignore[misc]
-        view1, view2 = self._to_net_dtype(view1), self._to_net_dtype(view2)
+        if not self.uses_default_augmentations:
+            self._check_views(view1, view2)
+        view1 = self._to_net_dtype(self._normalize(view1))
+        view2 = self._to_net_dtype(self._normalize(view2))
         if self.concat_views:
-            projection, _ = self._online(torch.cat((view1, view2)))
-            q1, q2 = self.predictor(projection).chunk(2)
-            z = projection.detach() if not self.use_momentum else self._target(torch.cat((view1, view2)))
-            z1, z2 = z.chunk(2)
-        else:
-            p1, _ = self._online(view1)
-            p2, _ = self._online(view2)
-            q1, q2 = self.predictor(p1), self.predictor(p2)
-            if self.use_momentum:
-                z1, z2 = self._target(view1), self._target(view2)
-            else:  # SimSiam: the target is the online projection under stop-gradient
-                z1, z2 = p1.detach(), p2.detach()
+            return self._loss_concatenated(view1, view2)
+        projection1, _ = self._online(view1)
+        projection2, _ = self._online(view2)
+        if self.use_momentum:
+            z1, z2 = self._target(view1), self._target(view2)
+        else:  # SimSiam: the target is the online projection under stop-gradient
+            z1, z2 = projection1.detach(), projection2.detach()
+        return symmetric_byol_loss(self.predictor(projection1), self.predictor(projection2), z1, z2)
+
+    def _loss_concatenated(self, view1: Tensor, view2: Tensor) -> Tensor:
+        """The loss with both views in one batch (``concat_views=True``)."""
+        views = torch.cat((view1, view2))
+        projection, _ = self._online(views)
+        q1, q2 = self.predictor(projection).chunk(2)
+        z = self._target(views) if self.use_momentum else projection.detach()
+        z1, z2 = z.chunk(2)
         return symmetric_byol_loss(q1, q2, z1, z2)
 
     @property
@@ -317,6 +481,8 @@ class BYOL(nn.Module):
 
         Raises:
             RuntimeError: with ``use_momentum=False`` (there is no separate target).
+            NonFiniteError: when an online weight is NaN/inf (unless ``check_finite=False``);
+                the target is then left as it was.
         """
         if not self.use_momentum:
             raise RuntimeError(
@@ -324,7 +490,16 @@ class BYOL(nn.Module):
                 "network under stop-gradient. Remove the call, or construct BYOL with use_momentum=True."
             )
         tau = self.tau
-        ema_update_(self.target_parameters(), self.online_parameters(), tau)
+        online = self.online_parameters()
+        if self.check_finite and not all_finite(online):
+            named = [(f"net.{n}", p) for n, p in self.net.named_parameters()]
+            named += [(f"projector.{n}", p) for n, p in self.projector.named_parameters()]
+            raise NonFiniteError(
+                f"update_moving_average() refused: these online parameters are non-finite: "
+                f"{shorten(nonfinite_names(named))}; the target was left unchanged. The optimizer diverged: lower "
+                f"the learning rate, clip gradients, or restore the last good checkpoint."
+            )
+        ema_update_(self.target_parameters(), online, tau)
         self.ema_step += 1
         return tau
 
@@ -338,6 +513,12 @@ class BYOL(nn.Module):
         """Kept for byol-pytorch users: byol-wrap's hooks exist only during a forward pass,
         so there is never a hook left on the net to remove."""
 
+    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any) -> None:
+        # checkpoints of byol-wrap 0.1.0 hold the augmentations' buffers; they are no state now
+        for key in [k for k in state_dict if k.startswith((prefix + "augment1.", prefix + "augment2."))]:
+            del state_dict[key]
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def get_extra_state(self) -> Dict[str, Any]:
         return {"ema_step": self.ema_step}
 
@@ -347,6 +528,6 @@ class BYOL(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"hidden_layer={self.extractor.layer!r}, representation_size={self.representation_size}, "
-            f"tau_base={self.moving_average_decay}, total_steps={self.total_steps}, "
+            f"moving_average_decay={self.moving_average_decay}, total_steps={self.total_steps}, "
             f"use_momentum={self.use_momentum}, concat_views={self.concat_views}"
         )

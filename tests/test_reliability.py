@@ -355,6 +355,9 @@ def test_every_keyword_of_byol_pytorch_is_accepted():
     defaults.update(projection_size=8, projection_hidden_size=16)
     learner = BYOL(SmallCNN(), image_size=16, use_simplicial_embeddings=False, **defaults)
     assert learner(images()).isfinite()
+    with pytest.raises(ValueError, match="use_momentum") as info:  # byol-pytorch's positional order
+        BYOL(SmallCNN(), 16, "pool", 8, 16, None, None, 0.99, True)
+    print(info.value)
     with pytest.raises(ValueError, match="simplicial") as info:
         BYOL(SmallCNN(), image_size=16, use_simplicial_embeddings=True, **SMALL)
     print(info.value)
