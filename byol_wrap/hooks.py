@@ -167,7 +167,8 @@ class RepresentationExtractor:
         self.pooling = pooling
 
     def raw(self, net: nn.Module, x: Tensor) -> Tensor:
-        """The layer's output before pooling."""
+        """The layer's output before pooling (for ``layer=None`` with ``pool_fn``: the net's
+        output as returned, a tuple included, so that ``pool_fn`` can pick from it)."""
         if self.layer is None:
             return net_output(net(x), net, self.pool_fn)
         captured: List[Tensor] = []

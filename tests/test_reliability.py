@@ -158,6 +158,11 @@ def test_tuple_output_with_hidden_layer_minus_one_is_an_error_listing_the_elemen
         assert part in message, part
 
 
+def test_layer_table_has_no_output_row_for_an_ambiguous_tuple():
+    rows = byol_wrap.list_layers(LogitsAndFeatures(), 16)
+    assert None not in [row["name"] for row in rows] and "body" in [row["name"] for row in rows]
+
+
 def test_tuple_output_choose_with_pool_fn_or_hidden_layer():
     by_pool_fn = BYOL(LogitsAndFeatures(), 16, hidden_layer=-1, pool_fn=lambda out: out[1], **SMALL)
     by_layer = BYOL(LogitsAndFeatures(), 16, hidden_layer="body", **SMALL)
