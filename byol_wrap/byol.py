@@ -342,7 +342,8 @@ class BYOL(nn.Module):
             raise TypeError(f"expected a tensor of images, got {type(x).__name__}")
         if x.ndim == 0:
             raise ValueError(f"expected a batch of shape (N, {', '.join(map(str, self.input_shape))}), got a 0-d "
-                             f"tensor (a single number); stack samples along a first dimension, e.g. x[None]")
+                             f"tensor (a single number); pass a batch of images, samples along the first dimension")
+        floats = x.is_floating_point()  # uint8 images are finite and in range by construction
         x = to_float_images(x)
         if augmented and x.shape[0] == 0:
             raise ValueError(f"empty batch {tuple(x.shape)}: the loss of no samples is undefined; skip empty batches "
@@ -364,7 +365,7 @@ class BYOL(nn.Module):
         if x.device != device:
             raise ValueError(f"images are on {x.device} but the learner is on {device}; move one to the other")
         self._check_modules_agree()
-        if self.check_finite and x.numel():
+        if self.check_finite and floats and x.numel():
             self._check_values(x)
         return x
 
