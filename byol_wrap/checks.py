@@ -132,13 +132,14 @@ def batchnorm_buffers(module: nn.Module) -> List[Tensor]:
 
 @contextlib.contextmanager
 def restore_batchnorm_on_error(module: nn.Module) -> Iterator[None]:
-    """Snapshot the BatchNorm running statistics of ``module``; if the block raises
-    :class:`NonFiniteError`, copy them back (so a non-finite forward leaves no trace)."""
+    """Snapshot the BatchNorm running statistics of ``module``; if the block raises (a
+    :class:`NonFiniteError` from the loss check, or any error half-way through a forward),
+    copy them back, so a failed step leaves no trace in them."""
     buffers = batchnorm_buffers(module)
     saved = [t.detach().clone() for t in buffers]
     try:
         yield
-    except NonFiniteError:
+    except Exception:
         with torch.no_grad():
             for t, s in zip(buffers, saved):
                 t.copy_(s)
