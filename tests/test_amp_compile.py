@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from byol_wrap import BYOL, unwrap
+from helpers import assert_close_scaled, assert_tensors_close
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -77,9 +78,9 @@ def test_channels_last_matches_contiguous():
     x = torch.rand(8, 3, 16, 16)
     ref_loss, ref_grads = loss_and_grads(eager, eager, x)
     loss, grads = loss_and_grads(cl, cl, x.contiguous(memory_format=torch.channels_last))
-    assert loss.item() == pytest.approx(ref_loss.item(), abs=1e-5)
-    for name, grad in ref_grads.items():
-        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-5)
+    # net.0.bias feeds a BatchNorm: its gradient is zero in exact arithmetic, float noise here
+    assert_tensors_close(grads, ref_grads, rtol=1e-4, scale_rtol=1e-5)
 
 
 def train_steps(model, learner, batches, lr=0.1):
@@ -107,10 +108,10 @@ def test_compile_of_the_learner_matches_eager():
     got = train_steps(compiled, compiled_learner, batches)
     for a, b in zip(got, ref):
         assert a.dtype == torch.float32 and torch.isfinite(a)
-        assert a.item() == pytest.approx(b.item(), abs=1e-5)
-    for (name, p), q in zip(compiled_learner.state_dict().items(), eager.state_dict().values()):
-        if isinstance(p, torch.Tensor):
-            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+        assert a.item() == pytest.approx(b.item(), rel=1e-5)
+    got_state, ref_state = compiled_learner.state_dict(), eager.state_dict()
+    assert_tensors_close({k: v for k, v in got_state.items() if isinstance(v, torch.Tensor)},
+                         {k: v for k, v in ref_state.items() if isinstance(v, torch.Tensor)}, rtol=1e-4, scale_rtol=1e-5)
     assert compiled_learner.ema_step == 3
 
 
@@ -134,6 +135,6 @@ def test_inductor_compile_matches_eager():
     ref_loss, ref_grads = loss_and_grads(eager, eager, x)
     loss, grads = loss_and_grads(compiled, compiled_learner, x)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
-    assert loss.item() == pytest.approx(ref_loss.item(), abs=1e-4)
-    for name, grad in ref_grads.items():  # inductor reorders float sums: differences of ~1e-4
-        torch.testing.assert_close(grads[name], grad, rtol=1e-3, atol=2e-4, msg=name)
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-4)
+    # inductor reorders float sums: differences of ~1e-4 of the largest gradient
+    assert_tensors_close(grads, ref_grads, rtol=1e-3, scale_rtol=2e-4)
