@@ -1,8 +1,10 @@
 """``BYOL``: the learner that ties augment -> encode (hook) -> project/predict -> loss -> EMA."""
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+import warnings
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +17,7 @@ from .augment import (
     default_augmentations,
     to_float_images,
 )
+from .batchnorm import inside_batchnorm, per_view_batchnorm
 from .ema import cosine_tau, ema_update_
 from .heads import MLP, use_sync_batchnorm
 from .hooks import (
@@ -45,6 +48,33 @@ def default_augmentations_error(input_shape: Sequence[int]) -> str:
                    f"kornia.augmentation as K, and normalize=(mean, std) with one value per channel")
     return (f"{what}. Pass augment_fn (and optionally augment_fn2 for the second view): callables that take a "
             f"batch (N, {', '.join(map(str, shape))}) and return a randomly augmented batch, {example}.")
+
+
+VIEW_BATCHINGS = ("auto", "one_pass", "per_view", "concat")
+
+
+def resolve_view_batching(view_batching: str, concat_views: Optional[bool], net: nn.Module,
+                          layer: Optional[str]) -> str:
+    """``"one_pass"``, ``"per_view"`` or ``"concat"`` from BYOL's ``view_batching`` (and deprecated ``concat_views``)."""
+    if view_batching not in VIEW_BATCHINGS:
+        raise ValueError(f"view_batching must be one of {', '.join(map(repr, VIEW_BATCHINGS))}, got {view_batching!r}")
+    if concat_views is not None:
+        warnings.warn('concat_views is deprecated: use view_batching="concat" (True) or leave view_batching at '
+                      '"auto" (False)', DeprecationWarning, stacklevel=3)
+        if concat_views and view_batching not in ("auto", "concat"):
+            raise ValueError(f"concat_views=True contradicts view_batching={view_batching!r}; pass only view_batching")
+        if concat_views:
+            return "concat"
+    container = inside_batchnorm(net, layer)
+    if view_batching == "auto":
+        return "per_view" if container is not None else "one_pass"
+    if view_batching == "one_pass" and container is not None:
+        raise ValueError(
+            f"view_batching='one_pass' cannot read hidden_layer={layer!r}: it lies inside the BatchNorm module "
+            f"{container!r}, which runs once per view in one-pass mode. Use view_batching='per_view', or a "
+            f"hidden_layer outside it (e.g. {container!r} itself)."
+        )
+    return view_batching
 
 
 class BYOL(nn.Module):
@@ -86,9 +116,14 @@ class BYOL(nn.Module):
         pool_fn: a callable replacing the default pooling of the hidden layer's output.
         early_exit: stop the forward once ``hidden_layer`` has run (the layers after it
             are not computed; results are identical).
-        concat_views: run both views through the networks as one batch (faster on some
-            hardware; BatchNorm statistics then mix the views). Default: one pass per view,
-            as in the paper.
+        view_batching: how the two views go through the networks. ``"one_pass"``: as one
+            batch, with every BatchNorm layer normalising each view with its own statistics
+            (:func:`byol_wrap.batchnorm.per_view_batchnorm`; same loss, gradients and running
+            statistics as the paper's one pass per view). ``"per_view"``: one forward per
+            view. ``"concat"``: one batch whose BatchNorm statistics mix the views
+            (byol-pytorch's behaviour). ``"auto"`` (default): ``"one_pass"``, or
+            ``"per_view"`` when ``hidden_layer`` lies inside a BatchNorm module.
+        concat_views: deprecated, ``True`` means ``view_batching="concat"``.
         input_shape: per-sample input shape for the probe when ``image_size`` does not
             describe it, e.g. ``(channels, length)`` for a 1-D signal encoder.
 
@@ -118,7 +153,8 @@ class BYOL(nn.Module):
         token_pool: str = "auto",
         pool_fn: Optional[Callable[[Tensor], Tensor]] = None,
         early_exit: bool = True,
-        concat_views: bool = False,
+        view_batching: str = "auto",
+        concat_views: Optional[bool] = None,
         input_shape: Optional[Sequence[int]] = None,
     ) -> None:
         super().__init__()
@@ -140,7 +176,7 @@ class BYOL(nn.Module):
         self.moving_average_decay = float(moving_average_decay)
         self.total_steps = total_steps
         self.use_momentum = use_momentum
-        self.concat_views = concat_views
+        self.view_batching = resolve_view_batching(view_batching, concat_views, net, self.extractor.layer)
         self.ema_step = 0
 
         self.uses_default_augmentations = augment_fn is None and augment_fn2 is None
@@ -254,6 +290,14 @@ class BYOL(nn.Module):
         _, dtype = module_device_dtype(self.net)
         return x if x.dtype == dtype else x.to(dtype)
 
+    def _view_statistics(self) -> ContextManager[Any]:
+        """Per-view BatchNorm statistics for the stacked views (``"one_pass"``), or nothing."""
+        if self.view_batching != "one_pass":
+            return contextlib.nullcontext()
+        modules = [m for m in (self.net, self.projector, self.predictor, self.target_net, self.target_projector)
+                   if m is not None]
+        return per_view_batchnorm(*modules, num_views=2)
+
     # ------------------------------------------------------------------ public API
     def forward(
         self, x: Tensor, return_embedding: bool = False, return_projection: bool = True
@@ -278,10 +322,12 @@ class BYOL(nn.Module):
         if self.normalize_views:
             view1, view2 = self.normalizer(view1), self.normalizer(view2)  # type: ignore[misc]
         view1, view2 = self._to_net_dtype(view1), self._to_net_dtype(view2)
-        if self.concat_views:
-            projection, _ = self._online(torch.cat((view1, view2)))
-            q1, q2 = self.predictor(projection).chunk(2)
-            z = projection.detach() if not self.use_momentum else self._target(torch.cat((view1, view2)))
+        if self.view_batching != "per_view" and view1.shape == view2.shape:
+            both = torch.cat((view1, view2))
+            with self._view_statistics():
+                projection, _ = self._online(both)
+                q1, q2 = self.predictor(projection).chunk(2)
+                z = projection.detach() if not self.use_momentum else self._target(both)
             z1, z2 = z.chunk(2)
         else:
             p1, _ = self._online(view1)
@@ -292,6 +338,11 @@ class BYOL(nn.Module):
             else:  # SimSiam: the target is the online projection under stop-gradient
                 z1, z2 = p1.detach(), p2.detach()
         return symmetric_byol_loss(q1, q2, z1, z2)
+
+    @property
+    def concat_views(self) -> bool:
+        """Whether the views share BatchNorm statistics (``view_batching == "concat"``); kept for old code."""
+        return self.view_batching == "concat"
 
     @property
     def tau(self) -> float:
@@ -348,5 +399,5 @@ class BYOL(nn.Module):
         return (
             f"hidden_layer={self.extractor.layer!r}, representation_size={self.representation_size}, "
             f"tau_base={self.moving_average_decay}, total_steps={self.total_steps}, "
-            f"use_momentum={self.use_momentum}, concat_views={self.concat_views}"
+            f"use_momentum={self.use_momentum}, view_batching={self.view_batching!r}"
         )
