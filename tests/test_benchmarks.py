@@ -102,7 +102,7 @@ def test_speed_script_runs(tmp_path):
                 "--ema-repeats", "1", "--projection-hidden-size", "16", "--no-memory", "--out", str(out)])
     payload = json.loads(out.read_text())
     ratios = payload["sizes"]["32"]["ratios"]
-    for key in ("a_wrap_vs_ideal", "b_wrap_vs_byol_pytorch", "c_augment_share_direct", "per_view_vs_concat_wrap"):
+    for key in ("a_wrap_vs_ideal", "b_wrap_vs_byol_pytorch", "c_augment_share_direct", "one_pass_vs_per_view_wrap"):
         assert ratios[key] > 0
     assert payload["d_ema_speedup_vs_inplace_loop"] > 0
     assert payload["sizes"]["32"]["paired_ratios"]["a_wrap_vs_ideal"]["n"] == 1
