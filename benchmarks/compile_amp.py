@@ -134,7 +134,8 @@ def main(argv: List[str] = None) -> None:
         f"projector/predictor hidden size {args.projection_hidden_size}, the paper's augmentations, SGD + EMA; "
         f"median of {args.rounds} interleaved rounds x {args.steps} steps per variant.",
         "",
-        f"| variant | median step (s) | vs {variants[0]} | min / max step (s) | first two steps (s, incl. compilation) |",
+        f"| variant | median step (s) | vs {variants[0]} | min / max step (s) "
+        f"| first two steps (s, incl. compilation) |",
         "| --- | --- | --- | --- | --- |",
     ]
     for variant in variants:

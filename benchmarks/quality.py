@@ -34,7 +34,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    CONTESTANTS, RESULTS_DIR, load_data, machine_description, resolve_data_path, train_and_eval, write_json,
+    CONTESTANTS,
+    RESULTS_DIR,
+    load_data,
+    machine_description,
+    resolve_data_path,
+    train_and_eval,
+    write_json,
 )
 
 

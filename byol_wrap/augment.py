@@ -20,19 +20,18 @@ solarization probability   0.0     0.2
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import kornia.augmentation as K
 import torch
 from torch import Tensor, nn
 
-from .hooks import image_size_pair
+from .probe import image_size_pair
 
 IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+#: ``(mean, std)`` per channel, or ``None`` for no normalisation.
 Normalization = Optional[Tuple[Sequence[float], Sequence[float]]]
-#: ``BYOL``'s default ``normalize``; compared by identity to tell "not given" from "given".
-DEFAULT_NORMALIZATION: Tuple[Tuple[float, float, float], Tuple[float, float, float]] = (IMAGENET_MEAN, IMAGENET_STD)
 
 
 class ChannelNormalize(nn.Module):
@@ -46,6 +45,9 @@ class ChannelNormalize(nn.Module):
         tensor([[[1.0000, 1.0000, 1.0000],
                  [0.5000, 0.5000, 0.5000]]])
     """
+
+    mean: Tensor
+    std: Tensor
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
@@ -80,7 +82,9 @@ def check_normalization(normalize: Normalization, channels: int) -> None:
         mean, std = normalize
         lengths = {len(torch.as_tensor(mean).flatten()), len(torch.as_tensor(std).flatten())}
     except (TypeError, ValueError) as error:
-        raise ValueError(f"normalize must be None or a pair (mean, std) of sequences of floats, got {normalize!r}") from error
+        raise ValueError(
+            f"normalize must be None or a pair (mean, std) of sequences of floats, got {normalize!r}"
+        ) from error
     if not lengths <= {1, channels}:
         raise ValueError(
             f"normalize has mean/std of {sorted(lengths)} values but the inputs have {channels} channels; "
@@ -101,7 +105,7 @@ def blur_kernel_size(side: int) -> int:
 def byol_augmentation(
     image_size: Union[int, Sequence[int]],
     view: int = 1,
-    normalize: Normalization = (IMAGENET_MEAN, IMAGENET_STD),
+    normalize: Normalization = None,
     *,
     crop_scale: Tuple[float, float] = (0.08, 1.0),
     jitter_p: float = 0.8,
@@ -113,7 +117,8 @@ def byol_augmentation(
     Args:
         image_size: output size, an int or ``(H, W)``.
         view: 1 for T (blur always, no solarization), 2 for T' (blur p=0.1, solarization p=0.2).
-        normalize: ``(mean, std)`` applied last, ImageNet statistics by default; ``None`` for none.
+        normalize: ``(mean, std)`` applied last; ``None`` (the default) for none. ``BYOL`` leaves
+            this at ``None`` and normalises after augmenting (its ``normalize`` option).
         crop_scale, jitter_p: area range of the random resized crop and probability of the
             colour jitter (the paper's values by default).
         blur_p, solarize_p: override the view's blur / solarization probability; a stage
@@ -132,8 +137,8 @@ def byol_augmentation(
     view_blur_p, view_solarize_p = (1.0, 0.0) if view == 1 else (0.1, 0.2)
     blur_p = view_blur_p if blur_p is None else blur_p
     solarize_p = view_solarize_p if solarize_p is None else solarize_p
-    stages: list = [
-        K.RandomResizedCrop((height, width), scale=tuple(crop_scale), ratio=(3 / 4, 4 / 3)),
+    stages: List[nn.Module] = [
+        K.RandomResizedCrop((height, width), scale=(float(crop_scale[0]), float(crop_scale[1])), ratio=(3 / 4, 4 / 3)),
         K.RandomHorizontalFlip(p=0.5),
         # kornia's ColorJitter applies the four adjustments in a random order, as the paper does
         K.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=jitter_p),
@@ -154,9 +159,10 @@ def byol_augmentation(
 
 def default_augmentations(
     image_size: Union[int, Sequence[int]],
-    normalize: Normalization = (IMAGENET_MEAN, IMAGENET_STD),
+    normalize: Normalization = None,
 ) -> Tuple[nn.Sequential, nn.Sequential]:
-    """The pair ``(T, T')`` that ``BYOL`` uses by default.
+    """The pair ``(T, T')`` that ``BYOL`` uses by default (unnormalised: ``BYOL`` applies
+    its ``normalize`` after them; pass ``normalize`` here to end both with it).
 
     Example:
         >>> t1, t2 = default_augmentations(64)

@@ -17,13 +17,18 @@ the views' order, exactly as separate passes do; ``SyncBatchNorm`` synchronises 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+import warnings
+from typing import Any, Callable, Iterator, List, Literal, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["per_view_batchnorm", "batchnorm_layers", "uses_batch_statistics"]
+__all__ = ["per_view_batchnorm", "batchnorm_layers", "uses_batch_statistics", "resolve_view_batching"]
+
+#: ``BYOL(view_batching=...)``: ``"auto"``, ``"one_pass"``, ``"per_view"`` or ``"concat"``.
+ViewBatching = Literal["auto", "one_pass", "per_view", "concat"]
+VIEW_BATCHINGS = ("auto", "one_pass", "per_view", "concat")
 
 _MISSING = object()
 
@@ -144,3 +149,39 @@ def inside_batchnorm(net: nn.Module, name: Optional[str]) -> Optional[str]:
         if isinstance(net.get_submodule(prefix), _BatchNorm):
             return prefix
     return None
+
+
+def resolve_view_batching(view_batching: str, concat_views: Optional[bool], net: nn.Module,
+                          hidden_layer: Optional[str]) -> str:
+    """``"one_pass"``, ``"per_view"`` or ``"concat"``: BYOL's ``view_batching`` (and deprecated ``concat_views``).
+
+    ``"auto"`` is ``"one_pass"`` unless ``hidden_layer`` (a resolved dotted name) lies inside a
+    BatchNorm module, which one-pass mode runs once per view; then ``"per_view"``.
+
+    Raises:
+        ValueError: for an unknown value, ``"one_pass"`` with such a hidden layer, or
+            ``concat_views=True`` together with another ``view_batching``.
+
+    Example:
+        >>> resolve_view_batching("auto", None, nn.Sequential(nn.Linear(2, 2)), None)
+        'one_pass'
+    """
+    if view_batching not in VIEW_BATCHINGS:
+        raise ValueError(f"view_batching must be one of {', '.join(map(repr, VIEW_BATCHINGS))}, got {view_batching!r}")
+    if concat_views is not None:
+        warnings.warn('BYOL(concat_views=...) is deprecated; use view_batching="concat" for True, or leave '
+                      'view_batching at "auto" for False', DeprecationWarning, stacklevel=4)
+        if concat_views and view_batching not in ("auto", "concat"):
+            raise ValueError(f"concat_views=True contradicts view_batching={view_batching!r}; pass only view_batching")
+        if concat_views:
+            return "concat"
+    container = inside_batchnorm(net, hidden_layer)
+    if view_batching == "auto":
+        return "per_view" if container is not None else "one_pass"
+    if view_batching == "one_pass" and container is not None:
+        raise ValueError(
+            f"view_batching='one_pass' cannot read hidden_layer={hidden_layer!r}: it lies inside the BatchNorm "
+            f"module {container!r}, which runs once per view in one-pass mode. Use view_batching='per_view', or a "
+            f"hidden_layer outside it (e.g. {container!r} itself)."
+        )
+    return view_batching

@@ -1,37 +1,40 @@
 """``BYOL``: the learner that ties augment -> encode (hook) -> project/predict -> loss -> EMA."""
 from __future__ import annotations
 
-import contextlib
 import copy
-import warnings
-from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from .augment import (
-    DEFAULT_NORMALIZATION,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     ChannelNormalize,
     Normalization,
     check_normalization,
     default_augmentations,
     to_float_images,
 )
-from .batchnorm import inside_batchnorm, per_view_batchnorm
-from .ema import cosine_tau, ema_update_
-from .heads import MLP, use_sync_batchnorm
-from .hooks import (
-    LayerSpec,
-    RepresentationExtractor,
+from .batchnorm import ViewBatching, per_view_batchnorm, resolve_view_batching
+from .ema import PAPER_MOVING_AVERAGE_DECAY, cosine_tau, ema_update_
+from .heads import MLP, resolve_sync_batchnorm
+from .hooks import HiddenLayerNotRunError, LayerSpec, RepresentationExtractor, resolve_layer
+from .loss import symmetric_byol_loss
+from .pooling import Pooling
+from .probe import (
+    PROBE_ERRORS,
+    ImageSize,
     cuda_rng_devices,
     infer_input_shape,
     module_device_dtype,
     probe_context,
-    resolve_layer,
+    probe_failure,
 )
-from .loss import symmetric_byol_loss
 
 Augment = Callable[[Tensor], Tensor]
+#: ``normalize`` as given to ``BYOL``: statistics, ``None``, or ``"auto"``.
+NormalizeOption = Union[Normalization, str]
 
 
 def default_augmentations_error(input_shape: Sequence[int]) -> str:
@@ -50,31 +53,41 @@ def default_augmentations_error(input_shape: Sequence[int]) -> str:
             f"batch (N, {', '.join(map(str, shape))}) and return a randomly augmented batch, {example}.")
 
 
-VIEW_BATCHINGS = ("auto", "one_pass", "per_view", "concat")
+def resolve_normalize(normalize: NormalizeOption, default_augmentations: bool, channels: int) -> Normalization:
+    """The statistics ``BYOL`` normalises with, or ``None``.
+
+    ``"auto"`` means ImageNet statistics with the default augmentations and none with your
+    own ``augment_fn``; explicit statistics must have 1 or ``channels`` values each.
+
+    Example:
+        >>> resolve_normalize("auto", default_augmentations=False, channels=4) is None
+        True
+    """
+    if isinstance(normalize, str):
+        if normalize != "auto":
+            raise ValueError(f"normalize must be 'auto', None or a pair (mean, std), got {normalize!r}")
+        return (IMAGENET_MEAN, IMAGENET_STD) if default_augmentations else None
+    check_normalization(normalize, channels)
+    return normalize
 
 
-def resolve_view_batching(view_batching: str, concat_views: Optional[bool], net: nn.Module,
-                          layer: Optional[str]) -> str:
-    """``"one_pass"``, ``"per_view"`` or ``"concat"`` from BYOL's ``view_batching`` (and deprecated ``concat_views``)."""
-    if view_batching not in VIEW_BATCHINGS:
-        raise ValueError(f"view_batching must be one of {', '.join(map(repr, VIEW_BATCHINGS))}, got {view_batching!r}")
-    if concat_views is not None:
-        warnings.warn('concat_views is deprecated: use view_batching="concat" (True) or leave view_batching at '
-                      '"auto" (False)', DeprecationWarning, stacklevel=3)
-        if concat_views and view_batching not in ("auto", "concat"):
-            raise ValueError(f"concat_views=True contradicts view_batching={view_batching!r}; pass only view_batching")
-        if concat_views:
-            return "concat"
-    container = inside_batchnorm(net, layer)
-    if view_batching == "auto":
-        return "per_view" if container is not None else "one_pass"
-    if view_batching == "one_pass" and container is not None:
-        raise ValueError(
-            f"view_batching='one_pass' cannot read hidden_layer={layer!r}: it lies inside the BatchNorm module "
-            f"{container!r}, which runs once per view in one-pass mode. Use view_batching='per_view', or a "
-            f"hidden_layer outside it (e.g. {container!r} itself)."
-        )
-    return view_batching
+def check_arguments(
+    net: nn.Module,
+    moving_average_decay: float,
+    total_steps: Optional[int],
+    augment_fn: Optional[Augment],
+    augment_fn2: Optional[Augment],
+) -> None:
+    """The argument checks of :class:`BYOL` that need no probe."""
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+    if not 0.0 <= moving_average_decay <= 1.0:
+        raise ValueError(f"moving_average_decay must lie in [0, 1], got {moving_average_decay}")
+    if total_steps is not None and (not isinstance(total_steps, int) or total_steps <= 0):
+        raise ValueError(f"total_steps must be a positive int or None, got {total_steps!r}")
+    for name, fn in (("augment_fn", augment_fn), ("augment_fn2", augment_fn2)):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{name} must be callable on a batch of images, got {type(fn).__name__}")
 
 
 class BYOL(nn.Module):
@@ -98,32 +111,31 @@ class BYOL(nn.Module):
         augment_fn: replaces T, the first view's augmentation (any callable on a batch).
             Given alone, it is used for both views.
         augment_fn2: replaces T', the second view's augmentation.
-        moving_average_decay: the base EMA decay ``tau_base`` (0.996 in the paper).
+        moving_average_decay: the EMA decay, the paper's ``tau_base`` (0.996).
         total_steps: number of :meth:`update_moving_average` calls in the run; when given,
-            tau follows the paper's cosine schedule from ``tau_base`` to 1.
+            tau follows the paper's cosine schedule from ``moving_average_decay`` to 1.
         use_momentum: ``False`` gives the SimSiam variant (target = online under
             stop-gradient, no EMA).
         sync_batchnorm: ``nn.SyncBatchNorm`` in projector and predictor; ``None``: when
             torch.distributed is initialised with more than one rank and ``net`` is not on
             the CPU (torch has no SyncBatchNorm for CPU).
-        normalize: ``(mean, std)``, one value per input channel, ending the default
-            augmentations and applied to embedding inputs (ImageNet statistics by
-            default); ``None`` for none. With your own ``augment_fn`` the default is
-            not applied (normalise inside it); statistics you pass explicitly end your
-            augmentations too and apply to embedding inputs, for any channel count.
+        normalize: ``(mean, std)`` (one value per input channel, or one for all),
+            ``None``, or ``"auto"``. It runs after whichever augmentation runs and on
+            embedding inputs; ``"auto"`` (the default) means ImageNet statistics with the
+            default augmentations and none with your own ``augment_fn``.
         token_pool: pooling of 3-D outputs: ``"cls"``, ``"mean"`` (over tokens),
             ``"spatial"`` (``(N, C, L)`` maps) or ``"auto"`` (class token if the net has one).
         pool_fn: a callable replacing the default pooling of the hidden layer's output.
         early_exit: stop the forward once ``hidden_layer`` has run (the layers after it
             are not computed; results are identical).
         view_batching: how the two views go through the networks. ``"one_pass"``: as one
-            batch, with every BatchNorm layer normalising each view with its own statistics
-            (:func:`byol_wrap.batchnorm.per_view_batchnorm`; same loss, gradients and running
-            statistics as the paper's one pass per view). ``"per_view"``: one forward per
-            view. ``"concat"``: one batch whose BatchNorm statistics mix the views
+            batch, each BatchNorm layer normalising each view with its own statistics (the
+            paper's per-view passes, same loss, gradients and running statistics, computed in
+            one pass; see :func:`byol_wrap.batchnorm.per_view_batchnorm`). ``"per_view"``: one
+            forward per view. ``"concat"``: one batch whose BatchNorm statistics mix the views
             (byol-pytorch's behaviour). ``"auto"`` (default): ``"one_pass"``, or
             ``"per_view"`` when ``hidden_layer`` lies inside a BatchNorm module.
-        concat_views: deprecated, ``True`` means ``view_batching="concat"``.
+        concat_views: deprecated; ``True`` is ``view_batching="concat"``.
         input_shape: per-sample input shape for the probe when ``image_size`` does not
             describe it, e.g. ``(channels, length)`` for a 1-D signal encoder.
 
@@ -138,94 +150,61 @@ class BYOL(nn.Module):
     def __init__(
         self,
         net: nn.Module,
-        image_size: Union[int, Sequence[int], None] = None,
+        image_size: ImageSize = None,
         hidden_layer: LayerSpec = -2,
         projection_size: int = 256,
         projection_hidden_size: int = 4096,
         augment_fn: Optional[Augment] = None,
         augment_fn2: Optional[Augment] = None,
-        moving_average_decay: float = 0.996,
+        moving_average_decay: float = PAPER_MOVING_AVERAGE_DECAY,
         total_steps: Optional[int] = None,
         use_momentum: bool = True,
         sync_batchnorm: Optional[bool] = None,
         *,
-        normalize: Normalization = DEFAULT_NORMALIZATION,
+        normalize: NormalizeOption = "auto",
         token_pool: str = "auto",
         pool_fn: Optional[Callable[[Tensor], Tensor]] = None,
         early_exit: bool = True,
-        view_batching: str = "auto",
+        view_batching: ViewBatching = "auto",
         concat_views: Optional[bool] = None,
         input_shape: Optional[Sequence[int]] = None,
     ) -> None:
         super().__init__()
-        if not isinstance(net, nn.Module):
-            raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
-        if not 0.0 <= moving_average_decay <= 1.0:
-            raise ValueError(f"moving_average_decay must lie in [0, 1], got {moving_average_decay}")
-        if total_steps is not None and (not isinstance(total_steps, int) or total_steps <= 0):
-            raise ValueError(f"total_steps must be a positive int or None, got {total_steps!r}")
-        for name, fn in (("augment_fn", augment_fn), ("augment_fn2", augment_fn2)):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"{name} must be callable on a batch of images, got {type(fn).__name__}")
-
+        check_arguments(net, moving_average_decay, total_steps, augment_fn, augment_fn2)
         self.net = net
         self.input_shape = infer_input_shape(net, image_size, input_shape)
         self.extractor = RepresentationExtractor(
-            resolve_layer(net, hidden_layer), token_pool=token_pool, pool_fn=pool_fn, early_exit=early_exit
+            resolve_layer(net, hidden_layer), token_pool, pool_fn, early_exit, pooling=Pooling.for_net(net, token_pool)
         )
         self.moving_average_decay = float(moving_average_decay)
         self.total_steps = total_steps
         self.use_momentum = use_momentum
         self.view_batching = resolve_view_batching(view_batching, concat_views, net, self.extractor.layer)
         self.ema_step = 0
+        self._set_augmentations(augment_fn, augment_fn2, normalize)
+        device, dtype = module_device_dtype(net)
+        self.representation_size, unused = self._probe(device, dtype, image_size)
+        # Unused backbone parameters (e.g. the classifier after the hidden layer) get no
+        # gradient; DistributedDataParallel would fail on them without this list.
+        self._ddp_params_and_buffers_to_ignore = [f"net.{name}" for name in unused]
+        self._build_heads(projection_size, projection_hidden_size, sync_batchnorm, device, dtype)
+        self._build_target()
 
+    # ------------------------------------------------------------------ construction
+    def _set_augmentations(self, augment_fn: Optional[Augment], augment_fn2: Optional[Augment],
+                           normalize: NormalizeOption) -> None:
+        """T and T' (the paper's unless given) and the normalisation that follows whichever runs."""
         self.uses_default_augmentations = augment_fn is None and augment_fn2 is None
         if self.uses_default_augmentations:
             if len(self.input_shape) != 3 or self.input_shape[0] != 3:
                 raise ValueError(default_augmentations_error(self.input_shape))
-            check_normalization(normalize, 3)
-            augment_fn, augment_fn2 = default_augmentations(self.input_shape[1:], normalize)
+            augment_fn, augment_fn2 = default_augmentations(self.input_shape[1:])
         self.augment1: Augment = augment_fn  # type: ignore[assignment]
         self.augment2: Augment = augment_fn2 if augment_fn2 is not None else augment_fn  # type: ignore[assignment]
-        # Statistics given explicitly with custom augmentations end those augmentations.
-        self.normalize_views = not self.uses_default_augmentations and normalize is not None and (
-            normalize is not DEFAULT_NORMALIZATION
-        )
-        if self.normalize_views:
-            check_normalization(normalize, self.input_shape[0])
-        use_normalizer = normalize is not None and (self.uses_default_augmentations or self.normalize_views)
-        self.normalizer = ChannelNormalize(*normalize) if use_normalizer else None  # type: ignore[misc]
+        stats = resolve_normalize(normalize, self.uses_default_augmentations, self.input_shape[0])
+        self.normalizer: Optional[ChannelNormalize] = ChannelNormalize(*stats) if stats is not None else None
 
-        device, dtype = module_device_dtype(net)
-        representation_size, unused = self._probe(device, dtype, image_size)
-        self.representation_size = representation_size
-        # Unused backbone parameters (e.g. the classifier after the hidden layer) get no
-        # gradient; DistributedDataParallel would fail on them without this list.
-        self._ddp_params_and_buffers_to_ignore = [f"net.{name}" for name in unused]
-
-        sync_batchnorm = use_sync_batchnorm(sync_batchnorm, device)  # None: not on CPU, which has no SyncBatchNorm
-        with torch.random.fork_rng(devices=cuda_rng_devices(device)):
-            self.projector = MLP(representation_size, projection_size, projection_hidden_size, sync_batchnorm)
-            self.predictor = MLP(projection_size, projection_size, projection_hidden_size, sync_batchnorm)
-        self.projector.to(device=device, dtype=dtype)
-        self.predictor.to(device=device, dtype=dtype)
-
-        self.target_net: Optional[nn.Module] = None
-        self.target_projector: Optional[nn.Module] = None
-        if use_momentum:
-            try:
-                self.target_net = copy.deepcopy(net)
-            except Exception as error:  # pragma: no cover - depends on the user's module
-                raise RuntimeError(
-                    f"could not copy {type(net).__name__} for the target network ({error}); "
-                    f"make the module deep-copyable or use use_momentum=False"
-                ) from error
-            self.target_projector = copy.deepcopy(self.projector)
-            self.target_net.requires_grad_(False)
-            self.target_projector.requires_grad_(False)
-
-    # ------------------------------------------------------------------ construction
-    def _probe(self, device: torch.device, dtype: torch.dtype, image_size: Any) -> Tuple[int, List[str]]:
+    def _probe(self, device: torch.device, dtype: torch.dtype, image_size: ImageSize) -> Tuple[int, List[str]]:
         """Representation size and the names of net parameters it does not depend on."""
         x = torch.zeros((2, *self.input_shape), device=device, dtype=dtype)
         trainable = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
@@ -237,14 +216,10 @@ class BYOL(nn.Module):
                     if trainable and representation.requires_grad
                     else [None] * len(trainable)
                 )
-        except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as error:
-            if "never ran" in str(error):
-                raise
-            raise ValueError(
-                f"{type(self.net).__name__} does not accept inputs of shape {tuple(x.shape[1:])} "
-                f"(image_size={image_size!r}): {error}. Give the image_size the net was built for, "
-                f"or input_shape=(channels, ...) for inputs that are not square RGB images."
-            ) from error
+        except HiddenLayerNotRunError:
+            raise
+        except PROBE_ERRORS as error:
+            raise probe_failure(self.net, self.input_shape, error, image_size) from error
         if representation.ndim != 2:
             raise ValueError(
                 f"the representation must be one vector per sample, got shape {tuple(representation.shape)}; "
@@ -252,6 +227,35 @@ class BYOL(nn.Module):
             )
         unused = [name for (name, _), g in zip(trainable, grads) if g is None]
         return int(representation.shape[1]), unused
+
+    def _build_heads(self, projection_size: int, projection_hidden_size: int, sync_batchnorm: Optional[bool],
+                     device: torch.device, dtype: torch.dtype) -> None:
+        """Projector and predictor, on the net's device and dtype, without touching the global RNG."""
+        sync = resolve_sync_batchnorm(sync_batchnorm, device)  # None: not on CPU, which has no SyncBatchNorm
+        with torch.random.fork_rng(devices=cuda_rng_devices(device)):
+            self.projector = MLP(self.representation_size, hidden_dim=projection_hidden_size,
+                                 output_dim=projection_size, sync_batchnorm=sync)
+            self.predictor = MLP(projection_size, hidden_dim=projection_hidden_size,
+                                 output_dim=projection_size, sync_batchnorm=sync)
+        self.projector.to(device=device, dtype=dtype)
+        self.predictor.to(device=device, dtype=dtype)
+
+    def _build_target(self) -> None:
+        """The target network: a frozen copy of net and projector (none with ``use_momentum=False``)."""
+        self.target_net: Optional[nn.Module] = None
+        self.target_projector: Optional[nn.Module] = None
+        if not self.use_momentum:
+            return
+        try:
+            self.target_net = copy.deepcopy(self.net)
+        except Exception as error:  # pragma: no cover - depends on the user's module
+            raise RuntimeError(
+                f"could not copy {type(self.net).__name__} for the target network ({error}); "
+                f"make the module deep-copyable or use use_momentum=False"
+            ) from error
+        self.target_projector = copy.deepcopy(self.projector)
+        self.target_net.requires_grad_(False)
+        self.target_projector.requires_grad_(False)
 
     # ------------------------------------------------------------------ networks
     def _online(self, x: Tensor) -> Tuple[Tensor, Tensor]:
@@ -263,7 +267,8 @@ class BYOL(nn.Module):
     def _target(self, x: Tensor) -> Tensor:
         net = self.target_net if self.target_net is not None else self.net
         projector = self.target_projector if self.target_projector is not None else self.projector
-        return projector(self.extractor(net, x)).detach()
+        projection: Tensor = projector(self.extractor(net, x))
+        return projection.detach()
 
     def _check_input(self, x: Tensor, augmented: bool) -> Tensor:
         if not isinstance(x, Tensor):
@@ -278,7 +283,8 @@ class BYOL(nn.Module):
             expected = self.input_shape
             if x.ndim != len(expected) + 1 or x.shape[1] != expected[0]:
                 raise ValueError(
-                    f"expected input of shape (N, {', '.join(map(str, expected))}) (N, C{', H, W' if len(expected) == 3 else ', ...'}"
+                    f"expected input of shape (N, {', '.join(map(str, expected))}) "
+                    f"(N, C{', H, W' if len(expected) == 3 else ', ...'}"
                     f" with C={expected[0]}), got {tuple(x.shape)}"
                 )
         device, _ = module_device_dtype(self.net)
@@ -286,17 +292,12 @@ class BYOL(nn.Module):
             raise ValueError(f"images are on {x.device} but the learner is on {device}; move one to the other")
         return x
 
+    def _normalize(self, x: Tensor) -> Tensor:
+        return self.normalizer(x) if self.normalizer is not None else x
+
     def _to_net_dtype(self, x: Tensor) -> Tensor:
         _, dtype = module_device_dtype(self.net)
         return x if x.dtype == dtype else x.to(dtype)
-
-    def _view_statistics(self) -> ContextManager[Any]:
-        """Per-view BatchNorm statistics for the stacked views (``"one_pass"``), or nothing."""
-        if self.view_batching != "one_pass":
-            return contextlib.nullcontext()
-        modules = [m for m in (self.net, self.projector, self.predictor, self.target_net, self.target_projector)
-                   if m is not None]
-        return per_view_batchnorm(*modules, num_views=2)
 
     # ------------------------------------------------------------------ public API
     def forward(
@@ -313,30 +314,31 @@ class BYOL(nn.Module):
         """
         x = self._check_input(x, augmented=not return_embedding)
         if return_embedding:
-            if self.normalizer is not None:
-                x = self.normalizer(x)
-            projection, representation = self._online(self._to_net_dtype(x))
+            projection, representation = self._online(self._to_net_dtype(self._normalize(x)))
             return (projection, representation) if return_projection else representation
-
-        view1, view2 = self.augment1(x), self.augment2(x)
-        if self.normalize_views:
-            view1, view2 = self.normalizer(view1), self.normalizer(view2)  # type: ignore[misc]
-        view1, view2 = self._to_net_dtype(view1), self._to_net_dtype(view2)
+        view1 = self._to_net_dtype(self._normalize(self.augment1(x)))
+        view2 = self._to_net_dtype(self._normalize(self.augment2(x)))
         if self.view_batching != "per_view" and view1.shape == view2.shape:
-            both = torch.cat((view1, view2))
-            with self._view_statistics():
-                projection, _ = self._online(both)
-                q1, q2 = self.predictor(projection).chunk(2)
-                z = projection.detach() if not self.use_momentum else self._target(both)
-            z1, z2 = z.chunk(2)
-        else:
-            p1, _ = self._online(view1)
-            p2, _ = self._online(view2)
-            q1, q2 = self.predictor(p1), self.predictor(p2)
-            if self.use_momentum:
-                z1, z2 = self._target(view1), self._target(view2)
-            else:  # SimSiam: the target is the online projection under stop-gradient
-                z1, z2 = p1.detach(), p2.detach()
+            return self._loss_concatenated(view1, view2)
+        projection1, _ = self._online(view1)
+        projection2, _ = self._online(view2)
+        if self.use_momentum:
+            z1, z2 = self._target(view1), self._target(view2)
+        else:  # SimSiam: the target is the online projection under stop-gradient
+            z1, z2 = projection1.detach(), projection2.detach()
+        return symmetric_byol_loss(self.predictor(projection1), self.predictor(projection2), z1, z2)
+
+    def _loss_concatenated(self, view1: Tensor, view2: Tensor) -> Tensor:
+        """The loss with both views in one batch; BatchNorm statistics per view with ``"one_pass"``."""
+        views = torch.cat((view1, view2))
+        num_views = 2 if self.view_batching == "one_pass" else 1  # 1: statistics over both views ("concat")
+        networks = [m for m in (self.net, self.projector, self.predictor, self.target_net, self.target_projector)
+                    if m is not None]
+        with per_view_batchnorm(*networks, num_views=num_views):
+            projection, _ = self._online(views)
+            q1, q2 = self.predictor(projection).chunk(2)
+            z = self._target(views) if self.use_momentum else projection.detach()
+        z1, z2 = z.chunk(2)
         return symmetric_byol_loss(q1, q2, z1, z2)
 
     @property
@@ -398,6 +400,6 @@ class BYOL(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"hidden_layer={self.extractor.layer!r}, representation_size={self.representation_size}, "
-            f"tau_base={self.moving_average_decay}, total_steps={self.total_steps}, "
+            f"moving_average_decay={self.moving_average_decay}, total_steps={self.total_steps}, "
             f"use_momentum={self.use_momentum}, view_batching={self.view_batching!r}"
         )

@@ -2,17 +2,24 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable, List
+from typing import Any, Iterable, List
 
 import torch
 from torch import Tensor
 
+from ._deprecation import reject_unknown, renamed_keyword
 
-def cosine_tau(step: int, total_steps: int, base_tau: float = 0.996) -> float:
+PAPER_MOVING_AVERAGE_DECAY = 0.996
+
+
+def cosine_tau(
+    step: int, total_steps: int, moving_average_decay: float = PAPER_MOVING_AVERAGE_DECAY, **deprecated: Any
+) -> float:
     """The paper's decay schedule ``tau_k = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2``.
 
-    ``tau`` starts at ``base_tau`` for ``k = 0`` and rises to 1 at ``k = K``; steps past
-    ``K`` keep ``tau = 1``.
+    ``tau`` starts at ``moving_average_decay`` (the paper's ``tau_base``) for ``k = 0`` and
+    rises to 1 at ``k = K``; steps past ``K`` keep ``tau = 1``. The old keyword ``base_tau``
+    still works, with a DeprecationWarning.
 
     Example:
         >>> cosine_tau(0, 100, 0.99)
@@ -24,10 +31,13 @@ def cosine_tau(step: int, total_steps: int, base_tau: float = 0.996) -> float:
         raise ValueError(f"total_steps must be a positive int, got {total_steps}")
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
-    if not 0.0 <= base_tau <= 1.0:
-        raise ValueError(f"base_tau must lie in [0, 1], got {base_tau}")
+    moving_average_decay = renamed_keyword(deprecated, "base_tau", "moving_average_decay", moving_average_decay,
+                                           PAPER_MOVING_AVERAGE_DECAY, "cosine_tau")
+    reject_unknown(deprecated, "cosine_tau()")
+    if not 0.0 <= moving_average_decay <= 1.0:
+        raise ValueError(f"moving_average_decay must lie in [0, 1], got {moving_average_decay}")
     k = min(step, total_steps)
-    return 1.0 - (1.0 - base_tau) * (math.cos(math.pi * k / total_steps) + 1.0) / 2.0
+    return 1.0 - (1.0 - moving_average_decay) * (math.cos(math.pi * k / total_steps) + 1.0) / 2.0
 
 
 @torch.no_grad()

@@ -10,7 +10,8 @@ LARS is timm's implementation (``timm.optim.Lars``), imported only when asked fo
 
 Example:
     >>> learner = BYOL(net, image_size=224, hidden_layer="avgpool", total_steps=10_000)  # doctest: +SKIP
-    >>> optimizer, scheduler = paper_optimizer(learner, batch_size=4096, total_steps=10_000)  # doctest: +SKIP
+    >>> optimizer, scheduler = paper_optimizer_and_scheduler(  # doctest: +SKIP
+    ...     learner, batch_size=4096, total_steps=10_000)
     >>> for images in loader:                                                  # doctest: +SKIP
     ...     loss = learner(images); optimizer.zero_grad(); loss.backward()
     ...     optimizer.step(); scheduler.step(); learner.update_moving_average()
@@ -24,7 +25,8 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from .parallel import unwrap
+from ._deprecation import deprecated_alias
+from .wrappers import unwrap
 
 # Every torch normalisation layer with affine parameters: BatchNorm*, SyncBatchNorm,
 # InstanceNorm* (all _NormBase), LayerNorm, GroupNorm, RMSNorm.
@@ -57,7 +59,7 @@ def scaled_lr(batch_size: int, base_lr: float = PAPER_BASE_LR) -> float:
     return base_lr * batch_size / 256
 
 
-def param_groups(module: nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
+def weight_decay_groups(module: nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
     """Two optimizer parameter groups: with weight decay, and without it.
 
     Biases, every parameter of a normalisation layer (:data:`NORM_LAYERS`) and any other
@@ -67,7 +69,7 @@ def param_groups(module: nn.Module, weight_decay: float) -> List[Dict[str, Any]]
     adapts the first group only); other optimizers ignore that key.
 
     Example:
-        >>> decay, no_decay = param_groups(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)), 1e-4)
+        >>> decay, no_decay = weight_decay_groups(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)), 1e-4)
         >>> [tuple(p.shape) for p in decay["params"]], len(no_decay["params"])
         ([(4, 4)], 3)
     """
@@ -107,7 +109,7 @@ def byol_param_groups(
 
     The predictor gets ``lr * predictor_lr_scale``, everything else trainable (encoder,
     projector) gets ``lr``; within each, biases and normalisation parameters get no weight
-    decay (as in :func:`param_groups`). The target network is left out. A predictor that
+    decay (as in :func:`weight_decay_groups`). The target network is left out. A predictor that
     learns faster than the encoder stays closer to its optimum, which is what keeps BYOL
     from collapsing (Grill et al. 2020, section 3.2, and the paper's ablation that raises the
     predictor's learning rate); on short CPU runs it learned better representations
@@ -140,7 +142,7 @@ def byol_param_groups(
         raise ValueError(f"predictor_lr_scale must be positive, got {predictor_lr_scale}")
     predictor_ids = {id(p) for p in byol.predictor.parameters()}
     groups: List[Dict[str, Any]] = []
-    for group in param_groups(byol, weight_decay):
+    for group in weight_decay_groups(byol, weight_decay):
         rest = [p for p in group["params"] if id(p) not in predictor_ids]
         head = [p for p in group["params"] if id(p) in predictor_ids]
         groups.append({**group, "params": rest, "lr": float(lr)})
@@ -156,7 +158,7 @@ def lars_optimizer(
     trust_coefficient: float = 1e-3,
     **kwargs: Any,
 ) -> torch.optim.Optimizer:
-    """timm's LARS over :func:`param_groups`: biases and norm parameters get neither
+    """timm's LARS over :func:`weight_decay_groups`: biases and norm parameters get neither
     weight decay nor the trust-ratio adaptation.
 
     Args:
@@ -176,12 +178,12 @@ def lars_optimizer(
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise ImportError(
             "lars_optimizer uses timm's LARS implementation: pip install timm (or byol-wrap[examples]), "
-            "or build your own optimizer over byol_wrap.param_groups(learner, weight_decay)"
+            "or build your own optimizer over byol_wrap.optim.weight_decay_groups(learner, weight_decay)"
         ) from error
     if lr <= 0:
         raise ValueError(f"lr must be positive, got {lr}")
     return Lars(
-        param_groups(module, weight_decay),
+        weight_decay_groups(module, weight_decay),
         lr=lr,
         momentum=momentum,
         weight_decay=weight_decay,
@@ -233,7 +235,7 @@ def warmup_cosine_scheduler(
     return LambdaLR(optimizer, lambda step: warmup_cosine(step, total_steps, warmup_steps, final_ratio))
 
 
-def paper_optimizer(
+def paper_optimizer_and_scheduler(
     learner: nn.Module,
     batch_size: int,
     total_steps: int,
@@ -263,7 +265,8 @@ def paper_optimizer(
 
     Example:
         >>> learner = BYOL(net, image_size=224, total_steps=1000)                 # doctest: +SKIP
-        >>> optimizer, scheduler = paper_optimizer(learner, batch_size=256, total_steps=1000)  # doctest: +SKIP
+        >>> optimizer, scheduler = paper_optimizer_and_scheduler(  # doctest: +SKIP
+        ...     learner, batch_size=256, total_steps=1000)
     """
     byol = unwrap(learner)
     if byol.use_momentum and byol.total_steps != total_steps:
@@ -277,3 +280,7 @@ def paper_optimizer(
         byol, scaled_lr(batch_size, base_lr), weight_decay, momentum=momentum, trust_coefficient=trust_coefficient
     )
     return optimizer, warmup_cosine_scheduler(optimizer, total_steps, warmup_steps, final_ratio)
+
+
+param_groups = deprecated_alias(weight_decay_groups, "param_groups")
+paper_optimizer = deprecated_alias(paper_optimizer_and_scheduler, "paper_optimizer")

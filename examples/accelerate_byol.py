@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from scaleout_common import add_common_args, build_backbone, load_images, total_steps  # noqa: E402
 
-from byol_wrap import BYOL, paper_optimizer  # noqa: E402
+from byol_wrap import BYOL, paper_optimizer_and_scheduler  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -70,7 +70,7 @@ def build(args: argparse.Namespace):
         projection_hidden_size=args.projection_hidden_size,
         total_steps=steps,
     )
-    optimizer, scheduler = paper_optimizer(
+    optimizer, scheduler = paper_optimizer_and_scheduler(
         learner, batch_size=args.batch_size * world_size * args.accumulate, total_steps=steps,
         warmup_steps=args.warmup_steps, base_lr=args.base_lr,
     )

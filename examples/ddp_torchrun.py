@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from scaleout_common import add_common_args, build_backbone, load_images, total_steps  # noqa: E402
 
-from byol_wrap import BYOL, paper_optimizer, unwrap  # noqa: E402
+from byol_wrap import BYOL, paper_optimizer_and_scheduler, unwrap  # noqa: E402
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -111,7 +111,7 @@ def train(args: argparse.Namespace, rank: int, world_size: int, device: torch.de
                         num_workers=args.workers, pin_memory=device.type == "cuda")
     steps = total_steps(len(loader), args.epochs, args.max_steps)
     model = build_model(args, device, steps)
-    optimizer, scheduler = paper_optimizer(  # (5) the global batch sets the learning rate
+    optimizer, scheduler = paper_optimizer_and_scheduler(  # (5) the global batch sets the learning rate
         model, batch_size=args.batch_size * world_size, total_steps=steps, warmup_steps=args.warmup_steps,
         base_lr=args.base_lr,
     )

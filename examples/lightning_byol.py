@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from scaleout_common import add_common_args, build_backbone, load_images, total_steps  # noqa: E402
 
-from byol_wrap import BYOL, ddp_params_to_ignore, paper_optimizer  # noqa: E402
+from byol_wrap import BYOL, ddp_params_to_ignore, paper_optimizer_and_scheduler  # noqa: E402
 
 
 class LitBYOL(L.LightningModule):
@@ -91,7 +91,7 @@ class LitBYOL(L.LightningModule):
         self.learner.update_moving_average()
 
     def configure_optimizers(self) -> Dict[str, Any]:
-        optimizer, scheduler = paper_optimizer(
+        optimizer, scheduler = paper_optimizer_and_scheduler(
             self.learner,
             batch_size=self.hparams.batch_size,
             total_steps=self.hparams.total_steps,

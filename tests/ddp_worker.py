@@ -16,7 +16,6 @@ Each rank writes what it observed to ``--out``; the test process compares the ra
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 import warnings

@@ -14,7 +14,6 @@ import accelerate_byol  # noqa: E402
 from byol_wrap import unwrap  # noqa: E402
 from helpers import assert_close_scaled
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = ["--cpu", "--synthetic", "48", "--arch", "tiny", "--image-size", "16", "--batch-size", "4",

@@ -9,7 +9,6 @@ from torch import nn
 from byol_wrap import BYOL, unwrap
 from helpers import assert_close_scaled, assert_tensors_close
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -55,7 +54,7 @@ def test_autocast_loss_is_float32_and_close_to_fp32(device, dtype):
         loss, grads = loss_and_grads(mixed, mixed, x)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert loss.item() == pytest.approx(ref_loss.item(), abs=0.03)  # the loss lies in [0, 8]
-    for name, grad in ref_grads.items():
+    for name in ref_grads:
         assert grads[name].dtype == torch.float32 and torch.isfinite(grads[name]).all()
     # half-precision gradients of an untrained net are noisy (bf16 keeps 8 significant bits):
     # compare directions, per weight tensor and for all gradients together

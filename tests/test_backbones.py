@@ -17,7 +17,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from byol_wrap import BYOL, IMAGENET_MEAN, IMAGENET_STD, list_layers
+from byol_wrap import BYOL, list_layers
+from byol_wrap.augment import IMAGENET_MEAN, IMAGENET_STD
 from byol_wrap.hooks import resolve_layer
 from helpers import assert_close_scaled
 

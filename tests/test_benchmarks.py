@@ -55,9 +55,11 @@ def test_quality_script_runs_and_summarizes(tmp_path):
     out = tmp_path / "q.json"
     quality.main(["--synthetic", "--steps", "2", "--batch-size", "8", "--width", "4", "--seeds", "0",
                   "--lrs", "1e-3", "--projection-hidden-size", "16", "--eval-every", "1", "--out", str(out),
-                  "--contestants", "random", "byol-wrap", "byol-wrap-recipe", "byol-pytorch-classic", "--synthetic-sizes", "64", "32"])
+                  "--contestants", "random", "byol-wrap", "byol-wrap-recipe", "byol-pytorch-classic",
+                  "--synthetic-sizes", "64", "32"])
     payload = json.loads(out.read_text())
-    assert [r["contestant"] for r in payload["runs"]] == ["random", "byol-wrap", "byol-wrap-recipe", "byol-pytorch-classic"]
+    contestants = ["random", "byol-wrap", "byol-wrap-recipe", "byol-pytorch-classic"]
+    assert [r["contestant"] for r in payload["runs"]] == contestants
     assert all(0.0 <= r["knn_top1"] <= 1.0 for r in payload["runs"])
     assert [s for s, _ in payload["runs"][1]["curve"]] == [1, 2]
     png = tmp_path / "curve.png"

@@ -8,7 +8,10 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from byol_wrap import BYOL, IMAGENET_MEAN, IMAGENET_STD, cosine_tau
+from byol_wrap import BYOL
+from byol_wrap.augment import IMAGENET_MEAN, IMAGENET_STD
+from byol_wrap.ema import cosine_tau
+from byol_wrap.hooks import HiddenLayerNotRunError
 
 from conftest import SmallCNN
 from helpers import assert_close_scaled
@@ -250,8 +253,9 @@ def test_unknown_layer_lists_closest_names():
 def test_layer_that_never_runs_raises():
     net = SmallCNN()
     net.unused = nn.Linear(3, 3)
-    with pytest.raises(RuntimeError, match="never ran"):
+    with pytest.raises(HiddenLayerNotRunError, match="never ran"):
         BYOL(net, image_size=16, hidden_layer="unused", **HEADS)
+    assert issubclass(HiddenLayerNotRunError, RuntimeError)  # callers catching RuntimeError still do
 
 
 def test_wrapping_twice_stacks_no_hooks_and_deepcopy_is_independent():

@@ -50,6 +50,7 @@ def ranks(tmp_path_factory):
     return launch(tmp_path_factory.mktemp("ddp"))
 
 
+@pytest.mark.integration
 def test_online_and_target_weights_identical_on_both_ranks(ranks):
     r0, r1 = ranks[0]["example"], ranks[1]["example"]
     assert r0["params"].keys() == r1["params"].keys()
@@ -63,6 +64,7 @@ def test_online_and_target_weights_identical_on_both_ranks(ranks):
             assert torch.equal(value, r1["buffers"][name]), name
 
 
+@pytest.mark.integration
 def test_update_moving_average_through_unwrap_on_every_rank(ranks):
     for rank in ranks:
         example = rank["example"]
@@ -73,6 +75,7 @@ def test_update_moving_average_through_unwrap_on_every_rank(ranks):
         assert not torch.equal(online, target)
 
 
+@pytest.mark.integration
 def test_no_unused_parameter_error_without_find_unused_parameters(ranks):
     for rank in ranks:
         assert rank["example"]["find_unused_parameters"] is False
@@ -84,6 +87,7 @@ def test_no_unused_parameter_error_without_find_unused_parameters(ranks):
         assert "finished reduction" in rank["control"]["error"] or "unused" in rank["control"]["error"]
 
 
+@pytest.mark.integration
 def test_syncbatchnorm_is_everywhere(ranks):
     types = ranks[0]["syncbn"]["norm_types"]
     for prefix in ("net.", "target_net.", "projector.", "predictor.", "target_projector."):
@@ -91,17 +95,19 @@ def test_syncbatchnorm_is_everywhere(ranks):
         assert layers and set(layers) == {"SyncBatchNorm"}, (prefix, layers)
 
 
+@pytest.mark.integration
 def test_syncbn_two_ranks_of_b_equal_one_process_of_2b(ranks):
     for rank in ranks:
         record = rank["syncbn"]
         for step in record["steps"]:
             assert step["loss"] == pytest.approx(step["ref_loss"], rel=1e-5)
             assert step["grads"].keys() == step["ref_grads"].keys() and step["grads"]
-            assert_tensors_close(step["grads"], step["ref_grads"], rtol=1e-4, scale_rtol=1e-5)
+            assert_tensors_close(step["grads"], step["ref_grads"], rtol=1e-4, scale_rtol=1e-4)  # sums over 2 ranks: another order
         # after two SGD + EMA steps: parameters, target and BatchNorm running statistics agree
-        assert_tensors_close(record["state"], record["ref_state"], rtol=1e-4, scale_rtol=1e-5)
+        assert_tensors_close(record["state"], record["ref_state"], rtol=1e-4, scale_rtol=1e-4)
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not HAVE_LIGHTNING, reason="pip install lightning (in the [test] extra)")
 def test_lightning_ddp_strategy_without_find_unused_parameters(ranks):
     r0, r1 = ranks[0]["lightning"], ranks[1]["lightning"]
@@ -114,13 +120,14 @@ def test_lightning_ddp_strategy_without_find_unused_parameters(ranks):
         assert torch.equal(value, r1["params"][name]), name
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="the real nn.SyncBatchNorm (CUDA kernels, NCCL) needs 2 GPUs")
 def test_syncbn_on_two_gpus_with_nccl(tmp_path):
     ranks = launch(tmp_path, parts="syncbn", device="cuda")
     for rank in ranks:
         for step in rank["syncbn"]["steps"]:
             assert step["loss"] == pytest.approx(step["ref_loss"], rel=1e-4)
-            assert_tensors_close(step["grads"], step["ref_grads"], rtol=1e-3, scale_rtol=1e-5)
+            assert_tensors_close(step["grads"], step["ref_grads"], rtol=1e-3, scale_rtol=1e-4)
 
 
 # ---------------------------------------------------------------- in one process

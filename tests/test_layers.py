@@ -14,8 +14,10 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from byol_wrap import BYOL, format_layers, list_layers, pool, print_layers
-from byol_wrap.hooks import RepresentationExtractor, prefix_token_count
+from byol_wrap import BYOL, list_layers, print_layers
+from byol_wrap.hooks import RepresentationExtractor
+from byol_wrap.layers import format_layers
+from byol_wrap.pooling import pool, prefix_token_count
 
 SMALL = dict(projection_hidden_size=64, projection_size=32)
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from byol_wrap import BYOL, cosine_tau, lars_optimizer, paper_optimizer, param_groups, scaled_lr, warmup_cosine
-from byol_wrap import byol_param_groups, warmup_cosine_scheduler
+from byol_wrap import BYOL, byol_param_groups, paper_optimizer_and_scheduler
+from byol_wrap.ema import cosine_tau
+from byol_wrap.optim import lars_optimizer, scaled_lr, warmup_cosine, warmup_cosine_scheduler, weight_decay_groups
 from helpers import assert_close_scaled
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,9 +25,9 @@ def tiny_learner(**kwargs) -> BYOL:
     return BYOL(tiny_net(), image_size=8, hidden_layer="5", projection_size=4, projection_hidden_size=8, **kwargs)
 
 
-def test_param_groups_split_by_hand():
+def test_weight_decay_groups_split_by_hand():
     learner = tiny_learner()
-    decay, no_decay = param_groups(learner, 1e-3)
+    decay, no_decay = weight_decay_groups(learner, 1e-3)
     ids = lambda ps: {id(p) for p in ps}  # noqa: E731
     n, proj, pred = learner.net, learner.projector, learner.predictor
     # written out by hand: conv / linear weights decay; biases, BN and LayerNorm parameters do not
@@ -55,7 +55,8 @@ def test_byol_param_groups_give_the_predictor_ten_times_the_rate():
     for group in groups:
         by_rate.setdefault(round(group["lr"], 12), set()).update(ids(group["params"]))
     # written out by hand: every predictor parameter at 1e-2, the encoder and projector at 1e-3
-    assert by_rate[1e-2] == ids([pred[0].weight, pred[0].bias, pred[1].weight, pred[1].bias, pred[3].weight, pred[3].bias])
+    predictor = [pred[0].weight, pred[0].bias, pred[1].weight, pred[1].bias, pred[3].weight, pred[3].bias]
+    assert by_rate[1e-2] == ids(predictor)
     assert by_rate[1e-3] == ids(list(learner.net.parameters()) + list(learner.projector.parameters()))
     assert not ids(learner.target_parameters()) & (by_rate[1e-2] | by_rate[1e-3])
     # weight decay only on the predictor's weight matrices (and the others' weights)
@@ -126,19 +127,19 @@ def test_scheduler_follows_the_function():
         opt.step()
         sched.step()
     # warmup 1/3, 2/3, 3/3 of 2.0; the cosine starts at the peak on step 3 and reaches 0 on step 6
-    expected = [2 / 3, 4 / 3, 2.0, 2.0, 2.0 * 0.5 * (1 + math.cos(math.pi / 3)), 2.0 * 0.5 * (1 + math.cos(2 * math.pi / 3)),
-                0.0]
+    expected = [2 / 3, 4 / 3, 2.0, 2.0, 2.0 * 0.5 * (1 + math.cos(math.pi / 3)),
+                2.0 * 0.5 * (1 + math.cos(2 * math.pi / 3)), 0.0]
     assert lrs == pytest.approx(expected)
 
 
 def test_paper_optimizer_ties_lr_and_tau_schedules():
     assert scaled_lr(4096) == pytest.approx(3.2) and scaled_lr(256, base_lr=0.3) == pytest.approx(0.3)
     with pytest.raises(ValueError, match="total_steps=50"):
-        paper_optimizer(tiny_learner(), batch_size=64, total_steps=50)  # learner has no total_steps
+        paper_optimizer_and_scheduler(tiny_learner(), batch_size=64, total_steps=50)  # learner has no total_steps
     learner = tiny_learner(total_steps=50)
     with pytest.raises(ValueError, match="total_steps=50"):
-        paper_optimizer(learner, batch_size=64, total_steps=40)
-    opt, sched = paper_optimizer(learner, batch_size=64, total_steps=50, warmup_steps=5)
+        paper_optimizer_and_scheduler(learner, batch_size=64, total_steps=40)
+    opt, sched = paper_optimizer_and_scheduler(learner, batch_size=64, total_steps=50, warmup_steps=5)
     peak = 0.2 * 64 / 256
     assert opt.param_groups[0]["lr"] == pytest.approx(peak / 5)
     assert opt.param_groups[0]["weight_decay"] == 1.5e-6 and opt.param_groups[1]["weight_decay"] == 0.0
@@ -154,5 +155,5 @@ def test_paper_optimizer_ties_lr_and_tau_schedules():
         learner.update_moving_average()
     assert learner.ema_step == sched.last_epoch == 3
     # default warmup: 1% of the steps (10 of the paper's 1000 epochs)
-    _, sched = paper_optimizer(tiny_learner(total_steps=1000), batch_size=256, total_steps=1000)
+    _, sched = paper_optimizer_and_scheduler(tiny_learner(total_steps=1000), batch_size=256, total_steps=1000)
     assert sched.optimizer.param_groups[0]["lr"] == pytest.approx(0.2 / 10)

@@ -5,8 +5,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
+pytestmark = pytest.mark.integration  # runs the example script in a subprocess
 ROOT = Path(__file__).resolve().parents[1]
 
 

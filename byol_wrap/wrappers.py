@@ -58,7 +58,9 @@ def unwrap(model: nn.Module) -> BYOL:
         )
     if len(found) > 1:
         names = ", ".join(name for name, _ in found)
-        raise ValueError(f"{type(model).__name__} contains {len(found)} BYOL learners ({names}); unwrap the one you mean")
+        raise ValueError(
+            f"{type(model).__name__} contains {len(found)} BYOL learners ({names}); unwrap the one you mean"
+        )
     return found[0][1]
 
 
