@@ -94,31 +94,34 @@ def part_control(out: str, rank: int, device: torch.device) -> None:
     torch.save({"error": error}, os.path.join(out, f"control_rank{rank}.pt"))
 
 
-def build_syncbn_pair(device: torch.device):
-    """(learner with SyncBatchNorm everywhere, the same weights with plain BatchNorm)."""
+def build_syncbn_pair(device: torch.device, synced_views: str = "auto", plain_views: str = "auto"):
+    """(learner with SyncBatchNorm everywhere, the same weights with plain BatchNorm), with the
+    given ``view_batching`` each."""
     kwargs = dict(image_size=16, hidden_layer="pool", projection_size=16, projection_hidden_size=32,
                   augment_fn=lambda x: x, augment_fn2=lambda x: x.flip(-1), normalize=None)
     torch.manual_seed(1)
-    synced = BYOL(TinyCNN().to(device), sync_batchnorm=True, **kwargs)
+    synced = BYOL(TinyCNN().to(device), sync_batchnorm=True, view_batching=synced_views, **kwargs)
     torch.manual_seed(1)
-    plain = BYOL(TinyCNN().to(device), sync_batchnorm=False, **kwargs)
+    plain = BYOL(TinyCNN().to(device), sync_batchnorm=False, view_batching=plain_views, **kwargs)
     synced = nn.SyncBatchNorm.convert_sync_batchnorm(synced)
     return synced, plain
 
 
-def part_syncbn(out: str, rank: int, world: int, device: torch.device) -> None:
+def part_syncbn(out: str, rank: int, world: int, device: torch.device, name: str = "syncbn",
+                synced_views: str = "auto", plain_views: str = "auto") -> None:
     saved = nn.SyncBatchNorm.forward, DistributedDataParallel._passing_sync_batchnorm_handle
     if device.type == "cpu":
         nn.SyncBatchNorm.forward = cpu_sync_batchnorm_forward
         DistributedDataParallel._passing_sync_batchnorm_handle = lambda self, module: None
     try:
-        _compare_syncbn(out, rank, world, device)
+        _compare_syncbn(out, rank, world, device, name, synced_views, plain_views)
     finally:
         nn.SyncBatchNorm.forward, DistributedDataParallel._passing_sync_batchnorm_handle = saved
 
 
-def _compare_syncbn(out: str, rank: int, world: int, device: torch.device) -> None:
-    synced, reference = build_syncbn_pair(device)
+def _compare_syncbn(out: str, rank: int, world: int, device: torch.device, name: str, synced_views: str,
+                    plain_views: str) -> None:
+    synced, reference = build_syncbn_pair(device, synced_views, plain_views)
     norm_types = {name: type(m).__name__ for name, m in synced.named_modules() if isinstance(m, _BatchNorm)}
     model = DistributedDataParallel(synced, device_ids=[device.index] if device.type == "cuda" else None)
     generator = torch.Generator().manual_seed(2)
@@ -149,7 +152,7 @@ def _compare_syncbn(out: str, rank: int, world: int, device: torch.device) -> No
         reference.update_moving_average()
     record["state"] = {k: v.detach().cpu() for k, v in synced.state_dict().items() if isinstance(v, Tensor)}
     record["ref_state"] = {k: v.detach().cpu() for k, v in reference.state_dict().items() if isinstance(v, Tensor)}
-    torch.save(record, os.path.join(out, f"syncbn_rank{rank}.pt"))
+    torch.save(record, os.path.join(out, f"{name}_rank{rank}.pt"))
 
 
 def part_lightning(out: str, rank: int) -> None:
@@ -182,7 +185,7 @@ def part_lightning(out: str, rank: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
-    parser.add_argument("--parts", default="example,control,syncbn,lightning")
+    parser.add_argument("--parts", default="example,control,syncbn,onepass,lightning")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="torch has no SyncBatchNorm for CPU")
     rank, world, device = ddp_torchrun.init_distributed()
@@ -194,6 +197,8 @@ def main() -> None:
             part_control(args.out, rank, device)
         if "syncbn" in parts:
             part_syncbn(args.out, rank, world, device)
+        if "onepass" in parts:  # both views in one batch, SyncBatchNorm synced per view, vs one forward per view
+            part_syncbn(args.out, rank, world, device, "onepass", synced_views="one_pass", plain_views="per_view")
         if "lightning" in parts:
             part_lightning(args.out, rank)
         dist.barrier()

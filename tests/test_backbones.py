@@ -89,9 +89,9 @@ CASES: Dict[str, Case] = {
     "torchvision-mobilenet_v3_small": Case(lambda: torchvision.models.mobilenet_v3_small(), -2, 576,
                                            tv_features_avgpool),
     "torchvision-efficientnet_b0": Case(lambda: torchvision.models.efficientnet_b0(), -2, 1280, tv_features_avgpool),
-    # 86M parameters: one forward for both views (concat_views) halves the weight traffic
+    # 86M parameters: one forward for both views (the default one pass) halves the weight traffic
     "torchvision-vit_b_16": Case(lambda: torchvision.models.vit_b_16(image_size=32), "encoder", 768,
-                                 tv_vit_class_token, kwargs=dict(concat_views=True)),
+                                 tv_vit_class_token),
     "timm-resnet18": Case(lambda: timm.create_model("resnet18", pretrained=False), "global_pool", 512,
                           timm_pre_logits),
     "timm-convnext_atto": Case(lambda: timm.create_model("convnext_atto", pretrained=False), "head.norm", 320,

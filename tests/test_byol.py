@@ -72,9 +72,10 @@ def make_learner(net=None, **kwargs):
     return BYOL(net, **options)
 
 
-@pytest.mark.parametrize("concat_views", [False, True])
-def test_loss_equals_hand_written_byol_step(concat_views):
-    learner = make_learner(concat_views=concat_views)
+@pytest.mark.parametrize("view_batching", ["one_pass", "per_view", "concat"])
+def test_loss_equals_hand_written_byol_step(view_batching):
+    concat_views = view_batching == "concat"
+    learner = make_learner(view_batching=view_batching)
     with torch.no_grad():  # make the target differ from the online network
         for p in learner.target_parameters():
             p.add_(0.05 * torch.randn_like(p))

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 HAVE_LIGHTNING = importlib.util.find_spec("lightning") is not None
-PARTS = "example,control,syncbn" + (",lightning" if HAVE_LIGHTNING else "")
+PARTS = "example,control,syncbn,onepass" + (",lightning" if HAVE_LIGHTNING else "")
 
 
 def launch(out, parts=PARTS, device="cpu", nproc=2, timeout=300):
@@ -107,6 +107,20 @@ def test_syncbn_two_ranks_of_b_equal_one_process_of_2b(ranks):
             # sums over 2 ranks: another order
             assert_tensors_close(step["grads"], step["ref_grads"], rtol=1e-4, scale_rtol=1e-4)
         # after two SGD + EMA steps: parameters, target and BatchNorm running statistics agree
+        assert_tensors_close(record["state"], record["ref_state"], rtol=1e-4, scale_rtol=1e-4)
+
+
+@pytest.mark.integration
+def test_one_pass_views_under_ddp_and_syncbn_equal_one_process_per_view(ranks):
+    """view_batching="one_pass" on 2 ranks of B (SyncBatchNorm synchronised once per view) against
+    one process on the 2B images with one forward per view."""
+    for rank in ranks:
+        record = rank["onepass"]
+        assert set(record["norm_types"].values()) == {"SyncBatchNorm"}
+        for step in record["steps"]:
+            assert step["loss"] == pytest.approx(step["ref_loss"], rel=1e-5)
+            assert step["grads"].keys() == step["ref_grads"].keys() and step["grads"]
+            assert_tensors_close(step["grads"], step["ref_grads"], rtol=1e-4, scale_rtol=1e-4)
         assert_tensors_close(record["state"], record["ref_state"], rtol=1e-4, scale_rtol=1e-4)
 
 
