@@ -32,17 +32,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
+import torch
+
+from byol_wrap import BYOL
+from byol_wrap import data as D
+from byol_wrap.models import build_model, default_hidden_layer
+from byol_wrap.optim import byol_param_groups
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from byol_wrap import BYOL  # noqa: E402
-from byol_wrap import data as D  # noqa: E402
-from byol_wrap.models import build_model, default_hidden_layer  # noqa: E402
-from byol_wrap.optim import byol_param_groups  # noqa: E402
-
 DATA_ENV = "BYOL_WRAP_DATA"
 RESULTS = ROOT / "benchmarks" / "results" / "pipeline"
 
@@ -154,7 +151,7 @@ def compare_pipelines(images32: torch.Tensor, side: int, args: argparse.Namespac
         f"{decode_ms:.2f} ms/image (one process); model {args.model}, batch {args.batch_size}, "
         f"{args.steps if side <= 96 else args.steps_large} steps x {args.rounds} rounds per pipeline")
     steps = args.steps if side <= 96 else args.steps_large
-    for name, source in sources.items():  # warm-up: workers started, first batches, allocator
+    for source in sources.values():  # warm-up: workers started, first batches, allocator
         timed_round(trainer, source, 1)
     rounds: Dict[str, List[Dict[str, float]]] = {name: [] for name in sources}
     names = list(sources)
@@ -214,7 +211,7 @@ def monitoring_cost(images32: torch.Tensor, args: argparse.Namespace, work: Path
     metrics = M.MetricsLog(run_dir)
     metrics.start()
     recorder = M.ProjectionRecorder(trainer.learner.projector)
-    devnull = open(os.devnull, "w")
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - closed after the measured loop
     from tqdm.auto import tqdm
 
     bar = tqdm(total=10**6, file=devnull, unit="step", dynamic_ncols=True, smoothing=0.1)
@@ -341,7 +338,8 @@ def markdown(result: Dict[str, Any]) -> str:
         lines += ["", f"Monitoring at {mon['image_size']} px: {1000 * mon['monitoring_seconds_per_step']:.3f} ms per "
                       f"step of {1000 * mon['step_seconds']:.1f} ms = **{100 * mon['share_of_step']:.2f}%** (pieces "
                       f"timed alone, a row every {mon['log_every']} and a plot every {mon['plot_every']} steps); "
-                      f"A/B loop: {100 * (mon['ab_monitored_seconds_per_step'] / mon['ab_plain_seconds_per_step'] - 1):+.2f}%."]
+                      f"A/B loop: "
+                      f"{100 * (mon['ab_monitored_seconds_per_step'] / mon['ab_plain_seconds_per_step'] - 1):+.2f}%."]
     scan = result.get("scan")
     if scan:
         lines += ["", f"Scan: {scan['files']} files in {scan['find_image_paths_seconds']:.3f} s (`find_image_paths`, "

@@ -49,7 +49,8 @@ DataArg = Union[str, "os.PathLike[str]", Dataset, Tensor]
 
 __all__ = [
     "IMAGE_EXTENSIONS", "Batch", "ImageFiles", "ImageTensors", "UserImages", "ImageLoader", "UnreadableImageError",
-    "find_images", "find_image_paths", "default_load_size", "default_workers", "read_image", "open_images", "load_labelled",
+    "find_images", "find_image_paths", "default_load_size", "default_workers", "read_image", "open_images",
+    "load_labelled",
     "load_digits", "load_npz_images", "make_loader", "batches_per_epoch", "eval_images", "center_crop",
     "resize_center_crop", "SkipCollate",
 ]
@@ -97,7 +98,7 @@ def find_images(root: Union[str, os.PathLike[str]], extensions: Sequence[str] = 
     return [Path(p) for p in find_image_paths(root, extensions)]
 
 
-def find_image_paths(root: Union[str, "os.PathLike[str]"], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> List[str]:
+def find_image_paths(root: Union[str, os.PathLike[str]], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> List[str]:
     """:func:`find_images` as strings (what the datasets store).
 
     Example:
