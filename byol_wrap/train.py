@@ -36,12 +36,11 @@ from .checkpoint import (
     TrainingStopped,
     checkpoint_path,
     clean_temporary_files,
-    get_rng_state,
     load_checkpoint,
     resume_state,
     save_checkpoint,
-    set_rng_state,
 )
+from .rng import get_rng_state, set_rng_state
 
 EXTRAS_MESSAGE = 'byol-wrap pretrain needs the training extras: pip install "byol-wrap[train]"'
 DIGITS_STEPS = 300          # the built-in default run: ~1-3 minutes on 2 CPU cores
