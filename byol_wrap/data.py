@@ -81,8 +81,8 @@ def find_images(root: Union[str, os.PathLike[str]], extensions: Sequence[str] = 
     Extensions are matched case-insensitively; hidden files and folders (name starting with
     ``.``) are skipped; no file is opened. Symlinked folders are followed once (loops are cut).
     ``root`` may be one image file. The order is a tree listing's: folder by folder, names
-    sorted. :func:`find_image_paths` returns the same as strings, 2-3x faster for 100k files
-    (building ``Path`` objects is most of the cost).
+    sorted. :func:`find_image_paths` returns the same as strings, faster for large folders
+    (building ``Path`` objects is most of the cost; timings in BENCHMARKS.md).
 
     Raises:
         FileNotFoundError: ``root`` does not exist.

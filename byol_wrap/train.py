@@ -128,8 +128,8 @@ class _World:
 def digits_augmentation(image_size: int) -> nn.Sequential:
     """Views for the built-in digits: the paper's T without flips (a mirrored 2 is no 2), milder crops
     (an 8 % crop of an 8x8 digit is a blob), jitter reduced to brightness and contrast, a small affine
-    (examples/pretrain.py measured 65 % -> 80 % kNN in 300 steps with it). No normalisation: the
-    learner applies ImageNet statistics after it.
+    (what it gains in kNN accuracy on the digits: BENCHMARKS.md). No normalisation: the learner
+    applies ImageNet statistics after it.
 
     Example:
         >>> digits_augmentation(32)(torch.rand(2, 3, 32, 32)).shape
