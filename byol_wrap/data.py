@@ -255,7 +255,8 @@ def read_image(path: Union[str, "os.PathLike[str]"], load_size: Optional[Size]) 
             if size is not None and image.format == "JPEG":
                 image.draft("RGB", (size[1], size[0]))  # decode at a reduced scale, still >= size
             image.load()
-            image = ImageOps.exif_transpose(image)
+            if "exif" in image.info or image.format == "TIFF":  # exif_transpose copies even with no EXIF
+                image = ImageOps.exif_transpose(image)
             return _pil_to_tensor(image, size, Image)
     except UnreadableImageError:
         raise
