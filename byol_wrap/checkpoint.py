@@ -20,11 +20,12 @@ Example:
 from __future__ import annotations
 
 import os
-import random
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
+
+from .rng import get_rng_state, set_rng_state  # noqa: F401 - the RNG part of last.pt, re-exported for train.py
 
 FORMAT = "byol-wrap-run"
 VERSION = 1
@@ -51,61 +52,6 @@ class TrainingStopped(RuntimeError):
 
     The command line prints it as one line and exits with code 1.
     """
-
-
-# ----------------------------------------------------------------------------- RNG state
-def get_rng_state() -> Dict[str, Any]:
-    """The process's RNG states, as :func:`byol_wrap.rng.get_rng_state` (used when it exists).
-
-    Example:
-        >>> state = get_rng_state(); a = torch.rand(1); set_rng_state(state)
-        >>> bool(torch.rand(1) == a)
-        True
-    """
-    try:
-        from .rng import get_rng_state as library_get
-    except ImportError:
-        pass
-    else:
-        return library_get()
-    state: Dict[str, Any] = {"python": _python_state_to_plain(random.getstate()), "torch": torch.get_rng_state()}
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover - numpy comes with torch's usual installs
-        pass
-    else:
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        state["numpy"] = (str(kind), torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(gauss))
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = [torch.cuda.get_rng_state(i) for i in range(torch.cuda.device_count())]
-    return state
-
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    """Restore what :func:`get_rng_state` returned."""
-    try:
-        from .rng import set_rng_state as library_set
-    except ImportError:
-        pass
-    else:
-        library_set(state)
-        return
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    torch.set_rng_state(state["torch"])
-    if "numpy" in state:
-        import numpy as np
-
-        kind, keys, pos, has_gauss, gauss_value = state["numpy"]
-        np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, gauss_value))
-    for i, cuda_state in enumerate(state.get("cuda", [])):
-        if i < torch.cuda.device_count():
-            torch.cuda.set_rng_state(cuda_state, i)
-
-
-def _python_state_to_plain(state: Any) -> Any:
-    version, internal, gauss = state
-    return (version, list(internal), gauss)
 
 
 # ----------------------------------------------------------------------------- files

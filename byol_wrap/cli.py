@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, List, NoReturn, Optional, Sequence, Union
+from typing import NoReturn, Optional, Sequence, Union
 
 USAGE_ERRORS = (ValueError, TypeError, LookupError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
                 PermissionError, ImportError)
@@ -191,10 +191,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{prog}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     return 0
-
-
-def console_main() -> None:  # pragma: no cover - the console-script entry point
-    sys.exit(main())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,17 +20,17 @@ Example:
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 import torch
 from torch import Tensor, nn
 
+from .byol import BYOL
 from .checkpoint import (
     RunError,
     TrainingStopped,
@@ -322,7 +322,9 @@ class _Run:
         if options["steps"] is not None:
             self.total_steps = _positive_int("steps", options["steps"])
         else:
-            epochs = options["epochs"] if options["epochs"] is not None else (None if self.is_digits else DEFAULT_EPOCHS)
+            epochs = options["epochs"]
+            if epochs is None and not self.is_digits:
+                epochs = DEFAULT_EPOCHS
             self.total_steps = (DIGITS_STEPS if epochs is None
                                 else _positive_int("epochs", epochs) * self.batches_per_epoch)
         self.checkpoint_every = _positive_int(
@@ -337,7 +339,7 @@ class _Run:
         try:
             import numpy as np
 
-            np.random.seed(seed)
+            np.random.seed(seed)  # noqa: NPY002 - the global generator user code may draw from
         except ImportError:  # pragma: no cover
             pass
 
@@ -355,7 +357,7 @@ class _Run:
         self.optimizer, self.scheduler, self.lr = self._build_optimizer()
         self.arguments = self._arguments(data, model)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "16" else None
-        self.model = self.learner
+        self.model: nn.Module = self.learner
         if world.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -394,8 +396,7 @@ class _Run:
             self.image_size = min(dataset.load_size)
         return dataset
 
-    def _build_learner(self) -> nn.Module:
-        from . import BYOL
+    def _build_learner(self) -> BYOL:
         from .augment import IMAGENET_MEAN, IMAGENET_STD
 
         kwargs: Dict[str, Any] = {}
@@ -512,7 +513,8 @@ class _Run:
 
         def encode(x: Tensor) -> Tensor:
             with _autocast(self.precision, self.device):
-                return learner(x.to(self.device), return_embedding=True, return_projection=False).float()
+                representation: Tensor = learner(x.to(self.device), return_embedding=True, return_projection=False)
+                return representation.float()
 
         try:
             with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
@@ -535,27 +537,24 @@ class _Run:
     def _augmentation_plot(self) -> None:
         from .monitor import plot_augmentations
 
-        images = []
+        found: List[Tensor] = []
         for index in range(min(len(self.dataset), 64)):
             image = self.dataset[index][0]
             if image is not None:
-                images.append(image)
-            if len(images) == 8:
+                found.append(image)
+            if len(found) == 8:
                 break
-        if not images:
+        if not found:
             return
-        images = torch.stack(images)
+        images = torch.stack(found)
         learner = self.learner
         with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []), \
                 torch.no_grad():
             x = images.to(self.device)
             x = x.float() / 255 if x.dtype == torch.uint8 else x
             view1, view2 = learner.augment1(x), learner.augment2(x)
-        normalize = None
-        last = list(learner.augment1)[-1] if isinstance(learner.augment1, nn.Sequential) else None
-        if last is not None and type(last).__name__ == "Normalize":
-            normalize = (last.flags["mean"].flatten().tolist(), last.flags["std"].flatten().tolist())
-        plot_augmentations(images, view1, view2, self.out / "plots" / "augmentations.png", normalize)
+        # the views are shown before the learner's normalisation, as the net's input minus that last step
+        plot_augmentations(images, view1, view2, self.out / "plots" / "augmentations.png")
 
     def _say(self, message: str) -> None:
         if self.verbose:
@@ -570,8 +569,14 @@ class _Run:
             tqdm.write(message, file=sys.stderr)
 
     def train(self) -> Path:
-        from .monitor import COLLAPSE_THRESHOLD, MetricsLog, ProjectionRecorder, bar_postfix, collapse_metric, \
-            progress_bar
+        from .monitor import (
+            COLLAPSE_THRESHOLD,
+            MetricsLog,
+            ProjectionRecorder,
+            bar_postfix,
+            collapse_metric,
+            progress_bar,
+        )
 
         if self.world.main:
             clean_temporary_files(self.out)
@@ -704,7 +709,7 @@ class _Run:
         self.step_lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         self.step_tau = self.learner.update_moving_average()
-        return loss.detach()
+        return cast(Tensor, loss.detach())
 
     def _diverged(self, what: str) -> None:
         path = checkpoint_path(self.out)
