@@ -154,7 +154,7 @@ def compare_pipelines(images32: torch.Tensor, side: int, args: argparse.Namespac
         f"{decode_ms:.2f} ms/image (one process); model {args.model}, batch {args.batch_size}, "
         f"{args.steps if side <= 96 else args.steps_large} steps x {args.rounds} rounds per pipeline")
     steps = args.steps if side <= 96 else args.steps_large
-    for name, source in sources.items():  # warm-up: workers started, first batches, allocator
+    for source in sources.values():  # warm-up: workers started, first batches, allocator
         timed_round(trainer, source, 1)
     rounds: Dict[str, List[Dict[str, float]]] = {name: [] for name in sources}
     names = list(sources)
@@ -214,7 +214,7 @@ def monitoring_cost(images32: torch.Tensor, args: argparse.Namespace, work: Path
     metrics = M.MetricsLog(run_dir)
     metrics.start()
     recorder = M.ProjectionRecorder(trainer.learner.projector)
-    devnull = open(os.devnull, "w")
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - closed at the end of this function
     from tqdm.auto import tqdm
 
     bar = tqdm(total=10**6, file=devnull, unit="step", dynamic_ncols=True, smoothing=0.1)
@@ -338,10 +338,11 @@ def markdown(result: Dict[str, Any]) -> str:
                          f"{100 * s['data_wait']:.1f}% | {s['images_per_s'] / memory:.3f} |")
     mon = result.get("monitoring", {})
     if "share_of_step" in mon:
+        ab_ratio = mon["ab_monitored_seconds_per_step"] / mon["ab_plain_seconds_per_step"]
         lines += ["", f"Monitoring at {mon['image_size']} px: {1000 * mon['monitoring_seconds_per_step']:.3f} ms per "
                       f"step of {1000 * mon['step_seconds']:.1f} ms = **{100 * mon['share_of_step']:.2f}%** (pieces "
                       f"timed alone, a row every {mon['log_every']} and a plot every {mon['plot_every']} steps); "
-                      f"A/B loop: {100 * (mon['ab_monitored_seconds_per_step'] / mon['ab_plain_seconds_per_step'] - 1):+.2f}%."]
+                      f"A/B loop: {100 * (ab_ratio - 1):+.2f}%."]
     scan = result.get("scan")
     if scan:
         lines += ["", f"Scan: {scan['files']} files in {scan['find_image_paths_seconds']:.3f} s (`find_image_paths`, "

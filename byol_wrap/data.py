@@ -35,7 +35,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +49,8 @@ DataArg = Union[str, "os.PathLike[str]", Dataset, Tensor]
 
 __all__ = [
     "IMAGE_EXTENSIONS", "Batch", "ImageFiles", "ImageTensors", "UserImages", "ImageLoader", "UnreadableImageError",
-    "find_images", "find_image_paths", "default_load_size", "default_workers", "read_image", "open_images", "load_labelled",
-    "load_digits", "load_npz_images", "make_loader", "batches_per_epoch", "eval_images", "center_crop",
+    "find_images", "find_image_paths", "default_load_size", "default_workers", "read_image", "open_images",
+    "load_labelled", "load_digits", "load_npz_images", "make_loader", "batches_per_epoch", "eval_images", "center_crop",
     "resize_center_crop", "SkipCollate",
 ]
 
@@ -74,7 +74,7 @@ def _import_pil() -> Any:
 
 
 # ----------------------------------------------------------------------------- discovery
-def find_images(root: Union[str, "os.PathLike[str]"], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> List[Path]:
+def find_images(root: Union[str, os.PathLike[str]], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> List[Path]:
     """Every image file under ``root``, recursively, sorted (so runs repeat).
 
     Extensions are matched case-insensitively; hidden files and folders (name starting with
@@ -97,7 +97,7 @@ def find_images(root: Union[str, "os.PathLike[str]"], extensions: Sequence[str] 
     return [Path(p) for p in find_image_paths(root, extensions)]
 
 
-def find_image_paths(root: Union[str, "os.PathLike[str]"], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> List[str]:
+def find_image_paths(root: Union[str, os.PathLike[str]], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> List[str]:
     """:func:`find_images` as strings (what the datasets store).
 
     Example:
@@ -166,7 +166,7 @@ def default_workers() -> int:
     """DataLoader worker processes for decoding: the CPUs this process may use, at most 4
     (on the project's 2-core machine: 2; see benchmarks/pipeline.py)."""
     try:
-        cpus = len(os.sched_getaffinity(0))  # type: ignore[attr-defined]
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         cpus = os.cpu_count() or 1
     return max(1, min(4, cpus))
@@ -225,7 +225,7 @@ def _reason(error: BaseException) -> str:
     return f"{name}: {text[0]}" if text else name
 
 
-def read_image(path: Union[str, "os.PathLike[str]"], load_size: Optional[Size]) -> Tensor:
+def read_image(path: Union[str, os.PathLike[str]], load_size: Optional[Size]) -> Tensor:
     """Decode one image file to uint8 ``(3, H, W)``: RGB, EXIF orientation applied, resized on
     the short side and centre-cropped to ``load_size`` (``None``: the file's own size).
 
@@ -629,13 +629,13 @@ def _decode_all(dataset: Dataset, workers: int, batch_size: int = 64) -> Tuple[T
         indices.append(batch.indices)
         skipped += batch.skipped
     loader.close()
-    size = _pair(getattr(dataset, "load_size"))
+    size = _pair(dataset.load_size)  # type: ignore[attr-defined]
     x = torch.cat(images) if images else torch.empty((0, 3, *size), dtype=torch.uint8)
     i = torch.cat(indices) if indices else torch.empty(0, dtype=torch.int64)
     return x, i, skipped
 
 
-def load_labelled(data: Union[str, "os.PathLike[str]"], image_size: Size, workers: Optional[int] = None,
+def load_labelled(data: Union[str, os.PathLike[str]], image_size: Size, workers: Optional[int] = None,
                   split_fraction: float = 0.2, seed: int = 0) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Labelled images for kNN evaluation (``--knn-data``), as uint8 tensors at ``image_size``.
 
@@ -807,7 +807,8 @@ class ImageLoader:
         self.workers = 0 if self.in_memory else (default_workers() if workers is None else int(workers))
         self._loader: Optional[DataLoader] = None
         if not self.in_memory:
-            extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor} if self.workers > 0 else {}
+            extra: Dict[str, Any] = (
+                {"persistent_workers": True, "prefetch_factor": prefetch_factor} if self.workers > 0 else {})
             self._loader = DataLoader(dataset, batch_sampler=self.sampler, num_workers=self.workers,
                                       collate_fn=SkipCollate(dataset), pin_memory=pin_memory, **extra)
 

@@ -23,6 +23,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -50,7 +51,7 @@ def fsync_dir(folder: PathLike) -> None:
         os.close(fd)
 
 
-def temporary_files(path: PathLike) -> "list[Path]":
+def temporary_files(path: PathLike) -> list[Path]:
     """The temporary files :func:`atomic_write` makes for ``path`` (``.<name>.<random>.tmp`` in its
     folder) that a writer killed mid-write (``kill -9``) left behind; sorted."""
     path = Path(path)
@@ -113,10 +114,8 @@ def atomic_write(path: PathLike, writer: Callable[[IO[bytes]], Any]) -> Path:
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp_name, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp_name)
-        except OSError:
-            pass
         raise
     fsync_dir(folder)
     return path

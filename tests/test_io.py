@@ -108,6 +108,7 @@ def test_unreadable_files_get_one_clear_error(tmp_path, make):
         assert "empty" in message
 
 
+@pytest.mark.integration
 def test_kill_9_during_writes_leaves_old_or_new(tmp_path):
     """A writer killed with SIGKILL at a random moment: the file loads as one complete version."""
     import os

@@ -8,6 +8,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_pipeline_benchmark_quick(tmp_path):
     pytest.importorskip("PIL")
     pytest.importorskip("matplotlib")
