@@ -226,3 +226,13 @@ def test_resume_decisions(tmp_path):
     assert (out / "my_notes.txt").read_text() == "keep me" and (out / "plots" / "mine.png").exists()
     assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 2
     assert resume_state(tmp_path / "elsewhere", {}, overwrite=False) is None
+
+
+def test_encoder_without_checkpoint_is_not_replaced(tmp_path):
+    data = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "encoder.pt").write_bytes(b"the user's earlier encoder")
+    with pytest.raises(RunError, match="encoder.pt but no checkpoint"):
+        pretrain(data, out=out, steps=1, **SMALL)
+    assert (out / "encoder.pt").read_bytes() == b"the user's earlier encoder"
