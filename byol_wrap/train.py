@@ -78,7 +78,12 @@ class _World:
         self.distributed = self.size > 1
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except RuntimeError as error:
+            raise RunError(f"--device {device!r} is not a device torch knows (cpu, cuda, cuda:1, mps...)") from error
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RunError(f"--device {device} asked for, but torch sees no CUDA device here; use --device cpu")
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", self.local_rank if self.distributed else torch.cuda.current_device())
         if self.device.type == "cuda":
@@ -416,6 +421,8 @@ class _Run:
         from .optim import byol_param_groups, lars_optimizer, scaled_lr, warmup_cosine_scheduler
 
         warmup = min(self.total_steps, max(1, round(WARMUP_SHARE * self.total_steps)))
+        if self.options["lr"] is not None and not self.options["lr"] > 0:
+            raise RunError(f"--lr must be positive, got {self.options['lr']}")
         if self.options["optimizer"] == "lars":
             lr = self.options["lr"] or scaled_lr(self.batch_size * self.world.size)
             optimizer = lars_optimizer(self.learner, lr=lr)
