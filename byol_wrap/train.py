@@ -619,6 +619,7 @@ class _Run:
         step_sleep = float(os.environ.get("BYOL_WRAP_TEST_STEP_SLEEP", "0"))  # test hook: time to kill -9 a run
         iterator = None
         empty_batches = 0
+        collapse_warned: Optional[int] = None
         try:
             while self.step < self.total_steps:
                 if iterator is None:
@@ -668,7 +669,9 @@ class _Run:
                            "collapse": collapse, "skipped": len(self.skipped)}
                     self.elapsed += seconds
                     window_start, data_wait, window_images = now, 0.0, 0
-                    if collapse is not None and collapse < COLLAPSE_THRESHOLD:
+                    if collapse is not None and collapse < COLLAPSE_THRESHOLD and (
+                            collapse_warned is None or self.step - collapse_warned >= self.checkpoint_every):
+                        collapse_warned = self.step  # loud, but once per checkpoint interval
                         self._warn(f"WARNING: the representations may be collapsing: collapse metric {collapse:.3f} "
                                    f"< {COLLAPSE_THRESHOLD} at step {self.step} (healthy runs stay near 1). "
                                    f"Try a lower --lr, a larger --batch-size or another --hidden-layer.")
