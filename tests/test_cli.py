@@ -148,6 +148,7 @@ def test_layers_prints_the_library_table(capsys):
     assert capsys.readouterr().out.strip() == expected.strip()
 
 
+@pytest.mark.integration
 def test_module_entry_point_without_traceback_and_lazy_imports(tmp_path):
     """``python -m byol_wrap``: a bad input is one line and exit 2; ``import byol_wrap`` alone loads no job module."""
     script = (
