@@ -25,6 +25,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from .rng import get_rng_state, set_rng_state  # noqa: F401 - the RNG part of last.pt, re-exported for train.py
+
 FORMAT = "byol-wrap-run"
 VERSION = 1
 CHECKPOINT = Path("checkpoints") / "last.pt"
@@ -153,7 +155,8 @@ def compare_arguments(saved: Dict[str, Any], current: Dict[str, Any]) -> List[st
 def resume_state(run_dir: os.PathLike, arguments: Dict[str, Any], overwrite: bool) -> Optional[Dict[str, Any]]:
     """The checkpoint to continue from, or ``None`` for a fresh run.
 
-    - no ``last.pt``: ``None``;
+    - no ``last.pt``: ``None`` (a run killed before its first checkpoint starts again), unless an
+      ``encoder.pt`` is there (:class:`RunError`: it would be replaced);
     - ``overwrite``: the run's own files are deleted (:data:`RUN_FILES`, TensorBoard events), ``None``;
     - a finished run, or one with other arguments: :class:`RunError` saying what differs;
     - else the checkpoint.
@@ -167,6 +170,12 @@ def resume_state(run_dir: os.PathLike, arguments: Dict[str, Any], overwrite: boo
         delete_run_files(run_dir)
         return None
     if not path.exists():
+        encoder = Path(run_dir) / "encoder.pt"
+        if encoder.exists():
+            raise RunError(
+                f"{run_dir} holds {encoder.name} but no checkpoint ({path}); a new run would replace that encoder: "
+                f"add --overwrite to start afresh, or choose another --out"
+            )
         return None
     state = load_checkpoint(path)
     differences = compare_arguments(state.get("arguments", {}), arguments)

@@ -114,9 +114,9 @@ class MetricsLog:
         self._open_tensorboard(purge_step=step + 1)
 
     def start(self) -> None:
-        """A fresh run: no rows."""
+        """A fresh run: no rows (events of a run killed before its first checkpoint are hidden)."""
         self.rows = []
-        self._open_tensorboard(purge_step=None)
+        self._open_tensorboard(purge_step=0)
 
     def _open_tensorboard(self, purge_step: Optional[int]) -> None:
         if not self._want_tensorboard or self._writer is not None:

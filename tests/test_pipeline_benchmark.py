@@ -4,6 +4,7 @@ import json
 import pytest
 
 
+@pytest.mark.slow
 def test_pipeline_benchmark_quick(tmp_path):
     pytest.importorskip("PIL")
     pytest.importorskip("matplotlib")
@@ -15,5 +16,6 @@ def test_pipeline_benchmark_quick(tmp_path):
     entry, = saved["pipelines"]
     assert set(entry["pipelines"]) >= {"memory", f"folder_w{saved['default_workers']}"}
     assert all(p["images_per_s"] > 0 for p in entry["pipelines"].values())
+    assert saved["pretrain"]["pipelines"]["folder"]["images_per_s"] > 0, saved["pretrain"]  # pretrain() ran on both
     assert saved["monitoring"]["share_of_step"] > 0 and saved["scan"]["files"] == 500
     assert result["scan"]["find_images_seconds"] >= 0
