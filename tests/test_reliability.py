@@ -383,4 +383,4 @@ def test_soak_script_runs(tmp_path):
     data = json.loads(out.read_text())
     assert [s["step"] for s in data["samples"]] == [0, 2, 4, 6]
     assert data["hooks_left"] == 0 and all(s["rss_mb"] > 0 for s in data["samples"])
-    assert "rss_drift_after_warmup" in data
+    assert "rss_drift_after_warmup" in data and "rss_trend_after_warmup" in data
