@@ -5,16 +5,20 @@ encoder + projector (no grad), the symmetric loss, backward, Adam step, EMA upda
 All contestants get the same input batch; augmentation is off (identity) except for
 ``byol-wrap+aug`` (the default Kornia augmentations). Steps are timed round-robin (one
 step of each contestant in turn, repeated), so a change in the machine's load hits every
-contestant alike; the medians are compared as ratios.
+contestant alike; the ratios of two steps of the same round are summarised by their
+median ("paired ratios").
 
 Contestants:
     ideal          plain PyTorch, one pass per view, fused EMA (``torch._foreach_lerp_``)
-    ideal-concat   the same with both views as one batch
-    byol-wrap      BYOL(...) defaults except augmentation off (one pass per view)
-    byol-wrap-concat   ``concat_views=True``
+    ideal-concat   the same with both views as one batch (BatchNorm statistics mixed)
+    byol-wrap      BYOL(...) defaults except augmentation off: both views as one batch,
+                   per-view BatchNorm statistics (``view_batching="auto"`` = ``"one_pass"``)
+    byol-wrap-per-view     ``view_batching="per_view"`` (one forward per view)
+    byol-wrap-concat       ``view_batching="concat"`` (one batch, statistics mixed)
     byol-pytorch   lucidrains' byol-pytorch at its defaults (simplicial embedding), augmentation off
     byol-pytorch-classic   byol-pytorch with ``use_simplicial_embeddings=False``
-    byol-wrap+aug  byol-wrap with its default augmentations (for their share of a step)
+    byol-wrap+aug  byol-wrap with its default augmentations (for their share of a step);
+                   with it, ``augment-only`` (T and T' on the batch, nothing else) joins each round
 
 Peak memory is measured in a fresh subprocess per contestant: the growth of the
 process's peak resident set size (``VmHWM``, reset once the model is built) over two
@@ -22,7 +26,7 @@ training steps.
 
 Example (from the repository root)::
 
-    python benchmarks/speed.py --sizes 32 64 --batch-size 64 --steps 15 --out benchmarks/results/speed.json
+    python -m benchmarks.speed --threads 2 --sizes 32 64 96 --batch-size 64 --steps 15
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ import argparse
 import copy
 import gc
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -42,14 +47,19 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, SmallCNN, machine_description, make_learner, median, write_json  # noqa: E402
+if __package__:  # python -m benchmarks.speed
+    from .common import RESULTS_DIR, SmallCNN, machine_description, make_learner, median, write_json
+else:  # python benchmarks/speed.py, or imported with benchmarks/ on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import RESULTS_DIR, SmallCNN, machine_description, make_learner, median, write_json  # noqa: E402
 
-from byol_wrap import ema_update_  # noqa: E402
+from byol_wrap.ema import ema_update_  # noqa: E402
 
-SPEED_CONTESTANTS = ("ideal", "ideal-concat", "byol-wrap", "byol-wrap-concat", "byol-pytorch",
+SPEED_CONTESTANTS = ("ideal", "ideal-concat", "byol-wrap", "byol-wrap-per-view", "byol-wrap-concat", "byol-pytorch",
                      "byol-pytorch-classic", "byol-wrap+aug")
-MEMORY_CONTESTANTS = ("ideal", "ideal-concat", "byol-wrap", "byol-wrap-concat", "byol-pytorch-classic")
+DEFAULT_CONTESTANTS = ("ideal", "ideal-concat", "byol-wrap", "byol-wrap-per-view", "byol-pytorch", "byol-wrap+aug")
+MEMORY_CONTESTANTS = ("ideal", "ideal-concat", "byol-wrap", "byol-wrap-per-view", "byol-wrap-concat",
+                      "byol-pytorch-classic")
 
 
 def make_backbone(arch: str) -> nn.Module:
@@ -153,7 +163,15 @@ def time_steps(names: Sequence[str], arch: str, image_size: int, batch_size: int
     """Seconds per step of every contestant, measured round-robin."""
     x = torch.rand(batch_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     runners = {name: build(name, arch, image_size, hidden) for name in names}
-    times: Dict[str, List[float]] = {name: [] for name in names}
+    if "byol-wrap+aug" in runners:
+        learner = runners["byol-wrap+aug"].learner  # type: ignore[attr-defined]
+
+        def augment_only(batch: Tensor) -> None:
+            learner.augment1(batch)
+            learner.augment2(batch)
+
+        runners["augment-only"] = augment_only
+    times: Dict[str, List[float]] = {name: [] for name in runners}
     for repeat in range(warmup + steps):
         for name, run in runners.items():
             start = time.perf_counter()
@@ -161,15 +179,8 @@ def time_steps(names: Sequence[str], arch: str, image_size: int, batch_size: int
             elapsed = time.perf_counter() - start
             if repeat >= warmup:
                 times[name].append(elapsed)
-    augment_times = []
-    if "byol-wrap+aug" in runners:
-        learner = runners["byol-wrap+aug"].learner  # type: ignore[attr-defined]
-        for _ in range(max(steps, 5)):
-            start = time.perf_counter()
-            learner.augment1(x)
-            learner.augment2(x)
-            augment_times.append(time.perf_counter() - start)
-        times["augment-only"] = augment_times
+        print(f"{image_size}px round {repeat + 1}/{warmup + steps}: "
+              + ", ".join(f"{name} {1e3 * t[-1]:.0f} ms" for name, t in times.items() if t), flush=True)
     return times
 
 
@@ -243,11 +254,16 @@ def measure_memory(names: Sequence[str], arch: str, image_size: int, batch_size:
 
 PAIRS = {
     "a_wrap_vs_ideal": ("byol-wrap", "ideal"),
+    "a_wrap_per_view_vs_ideal": ("byol-wrap-per-view", "ideal"),
+    "a_wrap_vs_ideal_concat": ("byol-wrap", "ideal-concat"),
+    "b_wrap_per_view_vs_byol_pytorch": ("byol-wrap-per-view", "byol-pytorch"),
+    "one_pass_vs_per_view_wrap": ("byol-wrap", "byol-wrap-per-view"),
     "a_wrap_concat_vs_ideal_concat": ("byol-wrap-concat", "ideal-concat"),
     "b_wrap_vs_byol_pytorch": ("byol-wrap", "byol-pytorch"),
     "b_wrap_vs_byol_pytorch_classic": ("byol-wrap", "byol-pytorch-classic"),
     "b_wrap_concat_vs_byol_pytorch_classic": ("byol-wrap-concat", "byol-pytorch-classic"),
-    "per_view_vs_concat_wrap": ("byol-wrap", "byol-wrap-concat"),
+    "per_view_vs_concat_wrap": ("byol-wrap-per-view", "byol-wrap-concat"),
+    "one_pass_vs_concat_wrap": ("byol-wrap", "byol-wrap-concat"),
     "per_view_vs_concat_ideal": ("ideal", "ideal-concat"),
     "wrap_without_vs_with_augmentation": ("byol-wrap", "byol-wrap+aug"),
     "c_augment_share_direct": ("augment-only", "byol-wrap+aug"),
@@ -291,6 +307,14 @@ def paired_ratios(times: Dict[str, List[float]]) -> Dict[str, Dict[str, float]]:
     return out
 
 
+def _load_average() -> List[float]:
+    """The 1, 5 and 15 minute load averages (empty where the OS does not give them)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return []
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="resnet18", choices=["resnet18", "smallcnn"])
@@ -300,11 +324,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--projection-hidden-size", type=int, default=4096, help="hidden size of both heads")
     parser.add_argument("--ema-repeats", type=int, default=50)
-    parser.add_argument("--contestants", nargs="+", default=list(SPEED_CONTESTANTS), choices=SPEED_CONTESTANTS)
+    parser.add_argument("--contestants", nargs="+", default=list(DEFAULT_CONTESTANTS), choices=SPEED_CONTESTANTS)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--memory-only", action="store_true", help="only the peak-memory subprocesses")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "speed.json")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "speed" / "speed.json")
+    parser.add_argument("--no-ema", action="store_true", help="skip the EMA micro-benchmark")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -318,7 +343,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                                         args.projection_hidden_size)))
         return {}
     payload: Dict[str, Any] = {
-        "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m benchmarks.speed " + " ".join(sys.argv[1:] if argv is None else argv),
+        "load_average_before": _load_average(),
         "machine": machine_description(), "arch": args.arch, "batch_size": args.batch_size,
         "steps": args.steps, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "sizes": {},
     }
@@ -332,12 +358,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             for name, value in memory.items():
                 print(f"{size}px {name:>22}: peak +{value['peak_growth_mib']:.0f} MiB over {value['base_mib']:.0f} MiB")
         return payload
-    ema = time_ema(args.arch, args.ema_repeats, hidden)
-    payload["ema_seconds"] = ema
-    payload["d_ema_speedup_vs_inplace_loop"] = ema["inplace-loop"] / ema["fused"]
-    payload["d_ema_speedup_vs_byol_pytorch_loop"] = ema["byol-pytorch-loop"] / ema["fused"]
-    print(f"EMA: fused {1e3 * ema['fused']:.2f} ms, in-place loop {1e3 * ema['inplace-loop']:.2f} ms, "
-          f"byol-pytorch loop {1e3 * ema['byol-pytorch-loop']:.2f} ms", flush=True)
+    if not args.no_ema:
+        ema = time_ema(args.arch, args.ema_repeats, hidden)
+        payload["ema_seconds"] = ema
+        payload["d_ema_speedup_vs_inplace_loop"] = ema["inplace-loop"] / ema["fused"]
+        payload["d_ema_speedup_vs_byol_pytorch_loop"] = ema["byol-pytorch-loop"] / ema["fused"]
+        print(f"EMA: fused {1e3 * ema['fused']:.2f} ms, in-place loop {1e3 * ema['inplace-loop']:.2f} ms, "
+              f"byol-pytorch loop {1e3 * ema['byol-pytorch-loop']:.2f} ms", flush=True)
     for size in args.sizes:
         times = time_steps(args.contestants, args.arch, size, args.batch_size, args.steps, args.warmup, hidden)
         medians = {name: median(values) for name, values in times.items()}
@@ -347,7 +374,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         payload["sizes"][str(size)] = {"median_seconds": medians, "min_seconds": minimums, "all_seconds": times,
                                        "memory": memory, "ratios": ratios(medians, memory),
                                        "ratios_of_minimums": ratios(minimums, memory),
-                                       "paired_ratios": paired_ratios(times)}
+                                       "paired_ratios": paired_ratios(times),
+                                       "load_average_after": _load_average()}
         write_json(args.out, payload)
         print(f"--- {args.arch} {size}px batch {args.batch_size}")
         for name, value in medians.items():

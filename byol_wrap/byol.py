@@ -18,6 +18,7 @@ from .augment import (
     default_augmentations,
     to_float_images,
 )
+from .batchnorm import ViewBatching, per_view_batchnorm, resolve_view_batching
 from .checks import (
     ImageRangeWarning,
     NonFiniteError,
@@ -167,9 +168,14 @@ class BYOL(nn.Module):
         pool_fn: a callable replacing the default pooling of the hidden layer's output.
         early_exit: stop the forward once ``hidden_layer`` has run (the layers after it
             are not computed; results are identical).
-        concat_views: run both views through the networks as one batch (faster on some
-            hardware; BatchNorm statistics then mix the views). Default: one pass per view,
-            as in the paper.
+        view_batching: how the two views go through the networks. ``"one_pass"``: as one
+            batch, each BatchNorm layer normalising each view with its own statistics (the
+            paper's per-view passes, same loss, gradients and running statistics, computed in
+            one pass; see :func:`byol_wrap.batchnorm.per_view_batchnorm`). ``"per_view"``: one
+            forward per view. ``"concat"``: one batch whose BatchNorm statistics mix the views
+            (byol-pytorch's behaviour). ``"auto"`` (default): ``"one_pass"``, or
+            ``"per_view"`` when ``hidden_layer`` lies inside a BatchNorm module.
+        concat_views: deprecated; ``True`` is ``view_batching="concat"``.
         input_shape: per-sample input shape for the probe when ``image_size`` does not
             describe it, e.g. ``(channels, length)`` for a 1-D signal encoder.
         check_finite: raise :class:`~byol_wrap.checks.NonFiniteError` for a NaN/inf in the
@@ -206,7 +212,8 @@ class BYOL(nn.Module):
         token_pool: str = "auto",
         pool_fn: Optional[Callable[[Tensor], Tensor]] = None,
         early_exit: bool = True,
-        concat_views: bool = False,
+        view_batching: ViewBatching = "auto",
+        concat_views: Optional[bool] = None,
         input_shape: Optional[Sequence[int]] = None,
         check_finite: bool = True,
         use_simplicial_embeddings: bool = False,
@@ -227,7 +234,7 @@ class BYOL(nn.Module):
         self.moving_average_decay = float(moving_average_decay)
         self.total_steps = total_steps
         self.use_momentum = use_momentum
-        self.concat_views = concat_views
+        self.view_batching = resolve_view_batching(view_batching, concat_views, net, self.extractor.layer)
         self.ema_step = 0
         self._set_augmentations(augment_fn, augment_fn2, normalize)
         device, dtype = module_device_dtype(net)
@@ -438,7 +445,7 @@ class BYOL(nn.Module):
             self._check_views(view1, view2)
         view1 = self._to_net_dtype(self._normalize(view1))
         view2 = self._to_net_dtype(self._normalize(view2))
-        if self.concat_views:
+        if self.view_batching != "per_view" and view1.shape == view2.shape:
             return self._loss_concatenated(view1, view2)
         projection1, _ = self._online(view1)
         projection2, _ = self._online(view2)
@@ -449,13 +456,22 @@ class BYOL(nn.Module):
         return symmetric_byol_loss(self.predictor(projection1), self.predictor(projection2), z1, z2)
 
     def _loss_concatenated(self, view1: Tensor, view2: Tensor) -> Tensor:
-        """The loss with both views in one batch (``concat_views=True``)."""
+        """The loss with both views in one batch; BatchNorm statistics per view with ``"one_pass"``."""
         views = torch.cat((view1, view2))
-        projection, _ = self._online(views)
-        q1, q2 = self.predictor(projection).chunk(2)
-        z = self._target(views) if self.use_momentum else projection.detach()
+        num_views = 2 if self.view_batching == "one_pass" else 1  # 1: statistics over both views ("concat")
+        networks = [m for m in (self.net, self.projector, self.predictor, self.target_net, self.target_projector)
+                    if m is not None]
+        with per_view_batchnorm(*networks, num_views=num_views):
+            projection, _ = self._online(views)
+            q1, q2 = self.predictor(projection).chunk(2)
+            z = self._target(views) if self.use_momentum else projection.detach()
         z1, z2 = z.chunk(2)
         return symmetric_byol_loss(q1, q2, z1, z2)
+
+    @property
+    def concat_views(self) -> bool:
+        """Whether the views share BatchNorm statistics (``view_batching == "concat"``); kept for old code."""
+        return self.view_batching == "concat"
 
     @property
     def tau(self) -> float:
@@ -529,5 +545,5 @@ class BYOL(nn.Module):
         return (
             f"hidden_layer={self.extractor.layer!r}, representation_size={self.representation_size}, "
             f"moving_average_decay={self.moving_average_decay}, total_steps={self.total_steps}, "
-            f"use_momentum={self.use_momentum}, concat_views={self.concat_views}"
+            f"use_momentum={self.use_momentum}, view_batching={self.view_batching!r}"
         )

@@ -74,7 +74,8 @@ def get_rng_state() -> Dict[str, Any]:
     except ImportError:  # pragma: no cover - numpy comes with torch's usual installs
         pass
     else:
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        numpy_state: Any = np.random.get_state()
+        kind, keys, pos, has_gauss, gauss = numpy_state
         state["numpy"] = (str(kind), torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(gauss))
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = [torch.cuda.get_rng_state(i) for i in range(torch.cuda.device_count())]

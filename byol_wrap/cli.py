@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, List, NoReturn, Optional, Sequence, Union
+from typing import NoReturn, Optional, Sequence, Union
 
 USAGE_ERRORS = (ValueError, TypeError, LookupError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
                 PermissionError, ImportError)

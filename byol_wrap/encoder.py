@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from .augment import ChannelNormalize, to_float_images
 from .hooks import RepresentationExtractor, resolve_layer
-from .io import atomic_write, atomic_save, load_torch_file
+from .io import atomic_save, atomic_write, load_torch_file
 
 FORMAT = "byol-wrap-encoder"
 FORMAT_VERSION = 1
@@ -84,21 +84,21 @@ def _normalize_meta(normalize: Any) -> Optional[List[List[float]]]:
 _FROM_LEARNER: Any = object()
 
 
-def _learner_fields(learner: nn.Module) -> Dict[str, Any]:
+def _learner_fields(learner: Any) -> Dict[str, Any]:
     """What a BYOL learner knows about its backbone: net, hidden layer, pooling, normalisation, sizes."""
     normalizer = getattr(learner, "normalizer", None)
     normalize = None
     if normalizer is not None:
         normalize = (normalizer.mean.tolist(), normalizer.std.tolist())
-    extractor = learner.extractor  # type: ignore[attr-defined]
+    extractor = learner.extractor
     if extractor.pool_fn is not None:
         warnings.warn("the learner uses a custom pool_fn, which encoder.pt cannot record: load_encoder will pool "
                       "the hidden layer's output by token_pool instead", stacklevel=3)
-    shape = tuple(learner.input_shape)  # type: ignore[attr-defined]
+    shape = tuple(learner.input_shape)
     image_size: Any = shape[1] if len(shape) == 3 and shape[1] == shape[2] else list(shape[1:])
     return {"net": learner.net, "hidden_layer": extractor.layer, "token_pool": extractor.token_pool,
             "normalize": normalize, "image_size": image_size,
-            "representation_size": int(learner.representation_size)}  # type: ignore[attr-defined]
+            "representation_size": int(learner.representation_size)}
 
 
 def export_encoder(
@@ -138,7 +138,6 @@ def export_encoder(
         5
     """
     from . import __version__
-
     from .models import spec_name
 
     if model_spec is None and model is not None:

@@ -89,7 +89,8 @@ def _build_torchvision(name: str, image_size: Optional[int]) -> nn.Module:
     kwargs: Dict[str, Any] = {}
     if name.startswith("vit_") and image_size is not None:
         kwargs["image_size"] = int(image_size)
-    return torchvision.models.get_model(name, weights=None, **kwargs)
+    net: nn.Module = torchvision.models.get_model(name, weights=None, **kwargs)
+    return net
 
 
 def _build_timm(name: str, image_size: Optional[int]) -> nn.Module:
@@ -98,11 +99,13 @@ def _build_timm(name: str, image_size: Optional[int]) -> nn.Module:
         raise _unknown("timm", name, timm.list_models(), "timm/")
     if image_size is not None:
         try:
-            return timm.create_model(name, pretrained=False, num_classes=0, img_size=int(image_size))
+            sized: nn.Module = timm.create_model(name, pretrained=False, num_classes=0, img_size=int(image_size))
+            return sized
         except TypeError as error:  # convnets take no img_size
             if "img_size" not in str(error):
                 raise
-    return timm.create_model(name, pretrained=False, num_classes=0)
+    net: nn.Module = timm.create_model(name, pretrained=False, num_classes=0)
+    return net
 
 
 def _import_callable(spec: str) -> Any:

@@ -20,17 +20,17 @@ Example:
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
+from .byol import BYOL
 from .checkpoint import (
     RunError,
     TrainingStopped,
@@ -289,7 +289,7 @@ class _Run:
 
     def __init__(self, world: _World, data: Any, out: Path, model: Any, options: Dict[str, Any]) -> None:
         self.world, self.out, self.options = world, out, options
-        self.verbose = bool(options["progress"]) and world.main
+        self.verbose = world.main
         self.device = world.device
         if options["optimizer"] not in OPTIMIZERS:
             raise RunError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {options['optimizer']!r}")
@@ -322,7 +322,9 @@ class _Run:
         if options["steps"] is not None:
             self.total_steps = _positive_int("steps", options["steps"])
         else:
-            epochs = options["epochs"] if options["epochs"] is not None else (None if self.is_digits else DEFAULT_EPOCHS)
+            epochs = options["epochs"]
+            if epochs is None:
+                epochs = None if self.is_digits else DEFAULT_EPOCHS
             self.total_steps = (DIGITS_STEPS if epochs is None
                                 else _positive_int("epochs", epochs) * self.batches_per_epoch)
         self.checkpoint_every = _positive_int(
@@ -355,7 +357,7 @@ class _Run:
         self.optimizer, self.scheduler, self.lr = self._build_optimizer()
         self.arguments = self._arguments(data, model)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "16" else None
-        self.model = self.learner
+        self.model: nn.Module = self.learner
         if world.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -394,13 +396,14 @@ class _Run:
             self.image_size = min(dataset.load_size)
         return dataset
 
-    def _build_learner(self) -> nn.Module:
-        from . import BYOL
+    def _build_learner(self) -> BYOL:
         from .augment import IMAGENET_MEAN, IMAGENET_STD
 
         kwargs: Dict[str, Any] = {}
+        if self.device.type == "cpu":
+            kwargs["sync_batchnorm"] = False  # torch has no SyncBatchNorm on CPU: each process's own statistics
         if self.is_digits:
-            kwargs = dict(augment_fn=digits_augmentation(self.image_size),
+            kwargs.update(augment_fn=digits_augmentation(self.image_size),
                           normalize=(tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)))
         return BYOL(self.net, image_size=self.image_size, hidden_layer=self.hidden_layer,
                     total_steps=self.total_steps, moving_average_decay=self.options["moving_average_decay"],
@@ -440,6 +443,9 @@ class _Run:
     # ------------------------------------------------------------------ checkpoint
     def _state(self, finished: bool) -> Dict[str, Any]:
         rng = self.world.gather(get_rng_state())
+        if self.world.distributed:  # every rank's unreadable files (each decodes its own shard)
+            merged = list(dict.fromkeys(item for rank_items in self.world.gather(self.skipped) for item in rank_items))
+            self.skipped = [tuple(item) for item in merged]
         return {
             "format": "byol-wrap-run", "version": 1, "learner": self.learner.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -507,7 +513,8 @@ class _Run:
 
         def encode(x: Tensor) -> Tensor:
             with _autocast(self.precision, self.device):
-                return learner(x.to(self.device), return_embedding=True, return_projection=False).float()
+                features: Tensor = learner(x.to(self.device), return_embedding=True, return_projection=False)
+                return features.float()
 
         try:
             with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
@@ -539,18 +546,18 @@ class _Run:
                 break
         if not images:
             return
-        images = torch.stack(images)
+        batch = torch.stack(images)
         learner = self.learner
         with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []), \
                 torch.no_grad():
-            x = images.to(self.device)
+            x = batch.to(self.device)
             x = x.float() / 255 if x.dtype == torch.uint8 else x
             view1, view2 = learner.augment1(x), learner.augment2(x)
         normalize = None
-        last = list(learner.augment1)[-1] if isinstance(learner.augment1, nn.Sequential) else None
+        last: Any = list(learner.augment1)[-1] if isinstance(learner.augment1, nn.Sequential) else None
         if last is not None and type(last).__name__ == "Normalize":
             normalize = (last.flags["mean"].flatten().tolist(), last.flags["std"].flatten().tolist())
-        plot_augmentations(images, view1, view2, self.out / "plots" / "augmentations.png", normalize)
+        plot_augmentations(batch, view1, view2, self.out / "plots" / "augmentations.png", normalize)
 
     def _say(self, message: str) -> None:
         if self.verbose:
@@ -565,8 +572,14 @@ class _Run:
             tqdm.write(message, file=sys.stderr)
 
     def train(self) -> Path:
-        from .monitor import COLLAPSE_THRESHOLD, MetricsLog, ProjectionRecorder, bar_postfix, collapse_metric, \
-            progress_bar
+        from .monitor import (
+            COLLAPSE_THRESHOLD,
+            MetricsLog,
+            ProjectionRecorder,
+            bar_postfix,
+            collapse_metric,
+            progress_bar,
+        )
 
         if self.world.main:
             clean_temporary_files(self.out)
@@ -596,9 +609,10 @@ class _Run:
         loader = self._loader()
         self._loader_ref = loader
         recorder = ProjectionRecorder(self.learner.projector)
-        bar = progress_bar(self.total_steps, self.step, enabled=self.verbose)
+        bar = progress_bar(self.total_steps, self.step, enabled=self.verbose and bool(self.options["progress"]))
         window_start, data_wait, window_images = time.perf_counter(), 0.0, 0
         start_step, run_start = self.step, time.perf_counter()
+        step_sleep = float(os.environ.get("BYOL_WRAP_TEST_STEP_SLEEP", "0"))  # test hook: time to kill -9 a run
         iterator = None
         empty_batches = 0
         try:
@@ -634,6 +648,8 @@ class _Run:
                 recorder.take()  # forget projections of anything but this step (e.g. a kNN evaluation)
                 loss = self._train_step(images)
                 self.step += 1
+                if step_sleep:
+                    time.sleep(step_sleep)
                 window_images += images.shape[0] * self.world.size
                 projections = recorder.take()
                 bar.update(1)
@@ -678,7 +694,7 @@ class _Run:
         images = images.to(self.device, non_blocking=True)
         with _autocast(self.precision, self.device):
             try:
-                loss = self.model(images)
+                loss: Tensor = self.model(images)
             except (RuntimeError, ValueError) as error:
                 if "finite" in str(error).lower() or "nan" in str(error).lower():
                     self._diverged(str(error).splitlines()[0])

@@ -2,7 +2,7 @@
 
 Each rank writes what it observed to ``--out``; the test process compares the ranks.
 
-1. ``examples/ddp_torchrun.py`` trains a few steps (DDP without find_unused_parameters).
+1. ``examples/scaleout/ddp_torchrun.py`` trains a few steps (DDP without find_unused_parameters).
 2. Control: DDP around a learner whose unused-parameter list was emptied must fail.
 3. SyncBatchNorm in backbone (convert_sync_batchnorm), projector and predictor
    (``sync_batchnorm=True``): DDP on 2 ranks x B against one process on the 2B images.
@@ -11,13 +11,12 @@ Each rank writes what it observed to ``--out``; the test process compares the ra
    on CPU its forward is replaced by :func:`cpu_sync_batchnorm_forward`, written here from
    the definition of cross-process batch normalisation, and DDP's device check is
    skipped; on GPUs the real ``nn.SyncBatchNorm`` runs.
-4. ``examples/lightning_byol.py`` with Lightning's DDP strategy in the same processes.
+4. ``examples/scaleout/lightning_byol.py`` with Lightning's DDP strategy in the same processes.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import warnings
 
 import torch
@@ -27,12 +26,10 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "examples"))
-import ddp_torchrun  # noqa: E402
-from scaleout_common import TinyCNN  # noqa: E402
+from byol_wrap import BYOL, unwrap
 
-from byol_wrap import BYOL, unwrap  # noqa: E402
+import ddp_torchrun  # examples/scaleout, on the PYTHONPATH that test_distributed.py sets
+from scaleout_common import TinyCNN
 
 EXAMPLE_ARGS = ["--synthetic", "64", "--arch", "tiny", "--image-size", "16", "--batch-size", "8",
                 "--max-steps", "3", "--projection-hidden-size", "32", "--projection-size", "16", "--log-every", "1"]
@@ -97,31 +94,34 @@ def part_control(out: str, rank: int, device: torch.device) -> None:
     torch.save({"error": error}, os.path.join(out, f"control_rank{rank}.pt"))
 
 
-def build_syncbn_pair(device: torch.device):
-    """(learner with SyncBatchNorm everywhere, the same weights with plain BatchNorm)."""
+def build_syncbn_pair(device: torch.device, synced_views: str = "auto", plain_views: str = "auto"):
+    """(learner with SyncBatchNorm everywhere, the same weights with plain BatchNorm), with the
+    given ``view_batching`` each."""
     kwargs = dict(image_size=16, hidden_layer="pool", projection_size=16, projection_hidden_size=32,
                   augment_fn=lambda x: x, augment_fn2=lambda x: x.flip(-1), normalize=None)
     torch.manual_seed(1)
-    synced = BYOL(TinyCNN().to(device), sync_batchnorm=True, **kwargs)
+    synced = BYOL(TinyCNN().to(device), sync_batchnorm=True, view_batching=synced_views, **kwargs)
     torch.manual_seed(1)
-    plain = BYOL(TinyCNN().to(device), sync_batchnorm=False, **kwargs)
+    plain = BYOL(TinyCNN().to(device), sync_batchnorm=False, view_batching=plain_views, **kwargs)
     synced = nn.SyncBatchNorm.convert_sync_batchnorm(synced)
     return synced, plain
 
 
-def part_syncbn(out: str, rank: int, world: int, device: torch.device) -> None:
+def part_syncbn(out: str, rank: int, world: int, device: torch.device, name: str = "syncbn",
+                synced_views: str = "auto", plain_views: str = "auto") -> None:
     saved = nn.SyncBatchNorm.forward, DistributedDataParallel._passing_sync_batchnorm_handle
     if device.type == "cpu":
         nn.SyncBatchNorm.forward = cpu_sync_batchnorm_forward
         DistributedDataParallel._passing_sync_batchnorm_handle = lambda self, module: None
     try:
-        _compare_syncbn(out, rank, world, device)
+        _compare_syncbn(out, rank, world, device, name, synced_views, plain_views)
     finally:
         nn.SyncBatchNorm.forward, DistributedDataParallel._passing_sync_batchnorm_handle = saved
 
 
-def _compare_syncbn(out: str, rank: int, world: int, device: torch.device) -> None:
-    synced, reference = build_syncbn_pair(device)
+def _compare_syncbn(out: str, rank: int, world: int, device: torch.device, name: str, synced_views: str,
+                    plain_views: str) -> None:
+    synced, reference = build_syncbn_pair(device, synced_views, plain_views)
     norm_types = {name: type(m).__name__ for name, m in synced.named_modules() if isinstance(m, _BatchNorm)}
     model = DistributedDataParallel(synced, device_ids=[device.index] if device.type == "cuda" else None)
     generator = torch.Generator().manual_seed(2)
@@ -152,12 +152,13 @@ def _compare_syncbn(out: str, rank: int, world: int, device: torch.device) -> No
         reference.update_moving_average()
     record["state"] = {k: v.detach().cpu() for k, v in synced.state_dict().items() if isinstance(v, Tensor)}
     record["ref_state"] = {k: v.detach().cpu() for k, v in reference.state_dict().items() if isinstance(v, Tensor)}
-    torch.save(record, os.path.join(out, f"syncbn_rank{rank}.pt"))
+    torch.save(record, os.path.join(out, f"{name}_rank{rank}.pt"))
 
 
 def part_lightning(out: str, rank: int) -> None:
-    """examples/lightning_byol.py with Lightning's DDP strategy inside these torchrun processes."""
+    """examples/scaleout/lightning_byol.py with Lightning's DDP strategy inside these torchrun processes."""
     import lightning
+
     import lightning_byol
 
     seen = {}
@@ -184,7 +185,7 @@ def part_lightning(out: str, rank: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
-    parser.add_argument("--parts", default="example,control,syncbn,lightning")
+    parser.add_argument("--parts", default="example,control,syncbn,onepass,lightning")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="torch has no SyncBatchNorm for CPU")
     rank, world, device = ddp_torchrun.init_distributed()
@@ -196,6 +197,8 @@ def main() -> None:
             part_control(args.out, rank, device)
         if "syncbn" in parts:
             part_syncbn(args.out, rank, world, device)
+        if "onepass" in parts:  # both views in one batch, SyncBatchNorm synced per view, vs one forward per view
+            part_syncbn(args.out, rank, world, device, "onepass", synced_views="one_pass", plain_views="per_view")
         if "lightning" in parts:
             part_lightning(args.out, rank)
         dist.barrier()

@@ -104,7 +104,7 @@ def test_speed_script_runs(tmp_path):
                 "--ema-repeats", "1", "--projection-hidden-size", "16", "--no-memory", "--out", str(out)])
     payload = json.loads(out.read_text())
     ratios = payload["sizes"]["32"]["ratios"]
-    for key in ("a_wrap_vs_ideal", "b_wrap_vs_byol_pytorch", "c_augment_share_direct", "per_view_vs_concat_wrap"):
+    for key in ("a_wrap_vs_ideal", "b_wrap_vs_byol_pytorch", "c_augment_share_direct", "one_pass_vs_per_view_wrap"):
         assert ratios[key] > 0
     assert payload["d_ema_speedup_vs_inplace_loop"] > 0
     assert payload["sizes"]["32"]["paired_ratios"]["a_wrap_vs_ideal"]["n"] == 1
@@ -115,3 +115,33 @@ def test_paired_ratios_cancel_a_load_change_between_rounds():
     times = {"byol-wrap": [1.1, 3.3, 1.1], "ideal": [1.0, 3.0, 1.0]}
     summary = speed.paired_ratios(times)["a_wrap_vs_ideal"]
     assert summary["median"] == pytest.approx(1.1) and summary["n"] == 3
+
+
+@pytest.mark.slow
+def test_gpu_script_tiny_cpu_smoke(tmp_path):
+    """benchmarks/gpu.py --tiny --device cpu: every kind of row runs (compiled with aot_eager)."""
+    import gpu
+
+    out = tmp_path / "gpu.json"
+    payload = gpu.main(["--tiny", "--device", "cpu", "--rows", "byol-wrap", "byol-pytorch-noaug", "augment-share",
+                        "jpeg-loader", "--out", str(out)])
+    assert json.loads(out.read_text())["results"].keys() == payload["results"].keys()
+    results = payload["results"]
+    for key in ("byol-wrap:eager", "byol-wrap:compiled", "byol-pytorch-noaug:eager", "byol-pytorch-noaug:compiled"):
+        assert "error" not in results[key], results[key]
+        assert results[key]["images_per_s"] > 0 and results[key]["peak_memory_mib"] is None  # no CUDA memory on CPU
+    assert 0 < results["augment-share"]["augment_share"] < 1
+    jpeg = results["jpeg-loader"]
+    assert "images_per_s" in jpeg or "byol_wrap.data" in jpeg["skipped"], jpeg
+    table = out.with_suffix(".md").read_text()
+    assert "| byol-wrap | compiled |" in table and "Default augmentations" in table
+
+
+def test_benchmarks_run_as_modules():
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    for name in ("speed", "gpu"):
+        result = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", "--help"], cwd=root, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0 and "usage" in result.stdout, result.stderr[-2000:]

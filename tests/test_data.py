@@ -300,7 +300,7 @@ def test_skip_batches_resumes_mid_epoch(tmp_path):
     loader.set_epoch(0, skip_batches=1)
     assert [b.indices.tolist() for b in loader] == first[1:]  # same persistent workers, resumed position
     loader.set_epoch(1)
-    assert len([b for b in loader]) == 3
+    assert len(list(loader)) == 3
     loader.close()
 
 

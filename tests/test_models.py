@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from byol_wrap.hooks import RepresentationExtractor, resolve_layer
-from byol_wrap.models import build_model, default_hidden_layer, load_weights, small_cnn
+from byol_wrap.models import build_model, default_hidden_layer, small_cnn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,6 @@ Small on purpose (16 px views, batch 4, 32/64-wide heads): each run takes a seco
 import errno
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +97,7 @@ def test_skipped_txt_names_exactly_the_broken_files(folder_run):
 
 def test_encoder_loads_and_embeds(folder_run, tmp_path):
     from byol_wrap.cli import main
-    from byol_wrap.data import eval_images, read_image, default_load_size
+    from byol_wrap.data import default_load_size, eval_images, read_image
     from byol_wrap.encoder import load_encoder
 
     root, out, encoder, broken = folder_run
