@@ -390,7 +390,8 @@ def test_finite_checks_benchmark_runs(tmp_path):
     out = tmp_path / "cpu.json"
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.finite_checks", "--models", "small_cnn_w32", "--batch-size", "4",
-         "--image-size", "16", "--rounds", "2", "--steps-per-round", "1", "--out", str(out)],
+         "--image-size", "16", "--rounds", "2", "--steps-per-round", "1", "--projection-hidden-size", "64",
+         "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
