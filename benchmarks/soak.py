@@ -6,7 +6,9 @@ synthetic uint8 images, sampling the process's resident set size (RSS, from
 ``/proc/self/statm``) every ``--sample-every`` steps and counting the hooks left on any
 module (forward, forward-pre, backward, backward-pre, state-dict and the global ones).
 Reported: the RSS drift after warm-up (the first ``--warmup`` fraction of the steps),
-``(max - min) / min`` of the samples after it, and the hooks left at the end.
+``(max - min) / min`` of the samples after it, the trend (mean of the later half of those
+samples over the earlier half, minus 1: a leak makes it grow with the steps), and the hooks
+left at the end.
 Target (issue 11): drift within 2 %, 0 hooks.
 
 Usage:
@@ -80,6 +82,9 @@ def soak(steps: int, sample_every: int, batch_size: int, image_size: int, width:
                             "loss": round(loss.item(), 5), "seconds": round(time.perf_counter() - start, 2)})
     after = [s["rss_mb"] for s in samples if s["step"] >= warmup * steps and s["step"] > 0]
     drift = (max(after) - min(after)) / min(after) if after else float("nan")
+    half = len(after) // 2
+    # a leak shows as a trend: mean of the second half of the samples against the first half
+    trend = (sum(after[half:]) / len(after[half:])) / (sum(after[:half]) / half) - 1 if half else float("nan")
     return {
         "steps": steps, "sample_every": sample_every, "batch_size": batch_size, "image_size": image_size,
         "width": width, "warmup_fraction": warmup,
@@ -87,7 +92,7 @@ def soak(steps: int, sample_every: int, batch_size: int, image_size: int, width:
                    f"torch.get_num_threads()={torch.get_num_threads()}, torch {torch.__version__}",
         "hooks_on_net_before": hooks_before, "hooks_left": hook_count(learner),
         "rss_first_after_warmup_mb": after[0] if after else None, "rss_last_mb": samples[-1]["rss_mb"],
-        "rss_drift_after_warmup": round(drift, 5), "seconds_per_step": round(samples[-1]["seconds"] / steps, 4),
+        "rss_drift_after_warmup": round(drift, 5), "rss_trend_after_warmup": round(trend, 5), "seconds_per_step": round(samples[-1]["seconds"] / steps, 4),
         "samples": samples,
     }
 
