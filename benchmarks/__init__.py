@@ -1,1 +1,4 @@
-"""Benchmark scripts: run from the repository root as ``python -m benchmarks.<name>`` (or ``python benchmarks/<name>.py``)."""
+"""Benchmark scripts, run from the repository root as ``python -m benchmarks.<name>``.
+
+Results go to ``benchmarks/results/<name>/``.
+"""

@@ -25,8 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from byol_wrap import BYOL, IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from byol_wrap.knn import embed, knn_accuracy  # noqa: E402
+from byol_wrap import BYOL  # noqa: E402
+from byol_wrap.augment import imagenet_normalize  # noqa: E402
+from byol_wrap.knn import knn_eval as byol_knn_eval  # noqa: E402
 from byol_wrap.optim import byol_param_groups  # noqa: E402
 
 DATA_ENV = "BYOL_WRAP_DATA"
@@ -121,31 +122,19 @@ class SmallCNN(nn.Module):
         return self.fc(self.forward_features(x))
 
 
-def normalize_images(x: Tensor) -> Tensor:
-    """uint8 or [0, 1] images -> float, ImageNet-normalised (what both libraries' views end with)."""
-    x = x.float().div(255) if x.dtype == torch.uint8 else x
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+#: uint8 or [0, 1] images -> float, ImageNet-normalised (what both libraries' views end with)
+normalize_images = imagenet_normalize
 
 
 # ---------------------------------------------------------------------------- kNN
-@torch.no_grad()
 def knn_eval(net: SmallCNN, data: Dict[str, Tensor], k: int = 200, temperature: float = 0.1) -> float:
-    """Weighted kNN top-1 (0-1) of ``net``'s features: bank = train split, queries = test split.
+    """Weighted kNN top-1 (0-1) of ``net``'s features of un-augmented, normalised images:
+    bank = train split, queries = test split (:func:`byol_wrap.knn.knn_eval`, in eval mode)."""
+    def encode(x: Tensor) -> Tensor:
+        return net.forward_features(normalize_images(x))
 
-    Features of un-augmented, normalised images, in eval mode; the net's train/eval
-    flag is restored afterwards.
-    """
-    was_training = net.training
-    net.eval()
-    try:
-        encode = lambda x: net.forward_features(normalize_images(x))  # noqa: E731
-        train = embed(encode, data["x_train"])
-        test = embed(encode, data["x_test"])
-    finally:
-        net.train(was_training)
-    return knn_accuracy(train, data["y_train"], test, data["y_test"], k=k, temperature=temperature)
+    return byol_knn_eval(encode, data["x_train"], data["y_train"], data["x_test"], data["y_test"], module=net,
+                         k=k, temperature=temperature)
 
 
 # ---------------------------------------------------------------------------- contestants

@@ -12,8 +12,8 @@ content does not change the time). Variants run in interleaved rounds so that a 
 machine slows them alike; the table reports the median step time of each and its ratio to
 eager float32, measured in the same process.
 
-    python benchmarks/compile_amp.py --arch resnet18 --image-size 32 --batch-size 64 \\
-        --machine "2-core CPU, shared, noisy" --out benchmarks/results/compile_amp.md
+    python -m benchmarks.compile_amp --arch resnet18 --image-size 32 --batch-size 64 \\
+        --machine "2-core CPU, shared, noisy" --out benchmarks/results/compile_amp/compile_amp.md
 """
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ def main(argv: List[str] = None) -> None:
         print(f"round {round_ + 1}/{args.rounds} done", flush=True)
 
     base = statistics.median(times[variants[0]])
-    command = "python " + shlex.join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
+    command = "python -m benchmarks.compile_amp " + shlex.join(argv if argv is not None else sys.argv[1:])
     lines = [
         "## BYOL step time: torch.compile, channels_last, bf16 autocast",
         "",

@@ -7,8 +7,8 @@ ratio of the median step times. Before timing, one step is run both ways from th
 seed and the losses and every gradient are compared for exact equality.
 
 Usage:
-    python benchmarks/early_exit.py                      # prints a markdown report
-    python benchmarks/early_exit.py --out benchmarks/results/early_exit.md   # appends to the file
+    python -m benchmarks.early_exit                      # prints a markdown report
+    python -m benchmarks.early_exit --out benchmarks/results/early_exit/early_exit.md   # appends to the file
 """
 from __future__ import annotations
 
@@ -24,8 +24,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from byol_wrap import BYOL  # noqa: E402
+from byol_wrap import BYOL
 
 
 class TrunkWithHeavyHead(nn.Module):
@@ -115,7 +114,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     images = torch.rand(args.batch_size, 3, args.image_size, args.image_size)
-    command = "python benchmarks/early_exit.py " + " ".join(sys.argv[1:])
+    command = "python -m benchmarks.early_exit " + " ".join(sys.argv[1:])
     lines = [
         "## Early exit",
         "",

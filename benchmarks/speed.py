@@ -179,6 +179,8 @@ def time_steps(names: Sequence[str], arch: str, image_size: int, batch_size: int
             elapsed = time.perf_counter() - start
             if repeat >= warmup:
                 times[name].append(elapsed)
+        print(f"{image_size}px round {repeat + 1}/{warmup + steps}: "
+              + ", ".join(f"{name} {1e3 * t[-1]:.0f} ms" for name, t in times.items() if t), flush=True)
     return times
 
 

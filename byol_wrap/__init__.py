@@ -46,6 +46,7 @@ _LAZY: Dict[str, Tuple[str, str]] = {
     "load_encoder": ("byol_wrap.encoder", "load_encoder"),
     "get_rng_state": ("byol_wrap.rng", "get_rng_state"),
     "set_rng_state": ("byol_wrap.rng", "set_rng_state"),
+    "NonFiniteError": ("byol_wrap.checks", "NonFiniteError"),
     # building blocks that used to be exported here; import them from their modules
     "MLP": ("byol_wrap.heads", "MLP"),
     "IMAGENET_MEAN": ("byol_wrap.augment", "IMAGENET_MEAN"),

@@ -183,3 +183,18 @@ def to_float_images(x: Tensor) -> Tensor:
     if x.is_floating_point():
         return x
     raise TypeError(f"images must be floating point in [0, 1] or uint8 in [0, 255], got dtype {x.dtype}")
+
+
+def imagenet_normalize(images: Tensor) -> Tensor:
+    """uint8 images in [0, 255] or float images in [0, 1] -> float, ``(x - IMAGENET_MEAN) / IMAGENET_STD``
+    per channel: what ``BYOL``'s default views and embedding inputs end with (``normalize="auto"``).
+
+    Example:
+        >>> imagenet_normalize(torch.full((1, 3, 1, 1), 255, dtype=torch.uint8)).flatten()
+        tensor([2.2489, 2.4286, 2.6400])
+    """
+    normalized: Tensor = _IMAGENET_NORMALIZE(to_float_images(images))
+    return normalized
+
+
+_IMAGENET_NORMALIZE = ChannelNormalize(IMAGENET_MEAN, IMAGENET_STD)

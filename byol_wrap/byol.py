@@ -1,7 +1,9 @@
 """``BYOL``: the learner that ties augment -> encode (hook) -> project/predict -> loss -> EMA."""
 from __future__ import annotations
 
+import contextlib
 import copy
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -17,9 +19,20 @@ from .augment import (
     to_float_images,
 )
 from .batchnorm import ViewBatching, per_view_batchnorm, resolve_view_batching
+from .checks import (
+    ImageRangeWarning,
+    NonFiniteError,
+    all_finite,
+    check_input_batch,
+    check_loss,
+    nonfinite_names,
+    range_message,
+    restore_batchnorm_on_error,
+    shorten,
+)
 from .ema import PAPER_MOVING_AVERAGE_DECAY, cosine_tau, ema_update_
 from .heads import MLP, resolve_sync_batchnorm
-from .hooks import HiddenLayerNotRunError, LayerSpec, RepresentationExtractor, resolve_layer
+from .hooks import AmbiguousOutputError, HiddenLayerNotRunError, LayerSpec, RepresentationExtractor, resolve_layer
 from .loss import symmetric_byol_loss
 from .pooling import Pooling
 from .probe import (
@@ -83,11 +96,39 @@ def check_arguments(
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
     if not 0.0 <= moving_average_decay <= 1.0:
         raise ValueError(f"moving_average_decay must lie in [0, 1], got {moving_average_decay}")
+    if isinstance(total_steps, bool):
+        raise ValueError(
+            f"total_steps={total_steps} is a bool, not a number of steps; byol-pytorch's 9th positional argument "
+            f"is use_momentum, byol-wrap's is total_steps: pass use_momentum= (and total_steps=) by keyword"
+        )
     if total_steps is not None and (not isinstance(total_steps, int) or total_steps <= 0):
         raise ValueError(f"total_steps must be a positive int or None, got {total_steps!r}")
     for name, fn in (("augment_fn", augment_fn), ("augment_fn2", augment_fn2)):
         if fn is not None and not callable(fn):
             raise TypeError(f"{name} must be callable on a batch of images, got {type(fn).__name__}")
+
+
+def check_simplicial_embeddings(use_simplicial_embeddings: bool) -> None:
+    """byol-pytorch's ``use_simplicial_embeddings`` has no counterpart here: ``False`` is what
+    BYOL does anyway; ``True`` is refused with what to do instead."""
+    if use_simplicial_embeddings:
+        raise ValueError(
+            "use_simplicial_embeddings=True (byol-pytorch's simplicial embedding projector) has no counterpart in "
+            "byol-wrap, which uses the paper's MLP projector; pass use_simplicial_embeddings=False (or leave it "
+            "out): byol-wrap's projector is the paper's MLP. The sem_* keywords only apply with it and are "
+            "ignored otherwise."
+        )
+
+
+def exclude_from_state_dict(module: object) -> None:
+    """Make every buffer of ``module`` (if it is an ``nn.Module``) non-persistent: augmentation
+    state (kornia's parameter generators) is how a run augmented, not what it learned."""
+    if not isinstance(module, nn.Module):
+        return
+    for sub in module.modules():
+        for name, buffer in list(sub.named_buffers(recurse=False)):
+            delattr(sub, name)
+            sub.register_buffer(name, buffer, persistent=False)
 
 
 class BYOL(nn.Module):
@@ -138,6 +179,13 @@ class BYOL(nn.Module):
         concat_views: deprecated; ``True`` is ``view_batching="concat"``.
         input_shape: per-sample input shape for the probe when ``image_size`` does not
             describe it, e.g. ``(channels, length)`` for a 1-D signal encoder.
+        check_finite: raise :class:`~byol_wrap.checks.NonFiniteError` for a NaN/inf in the
+            input batch (before any forward), in the loss (BatchNorm running statistics put
+            back) or in the online weights at :meth:`update_moving_average` (target kept),
+            and warn once when float images lie far outside [0, 1] with the default
+            augmentations. Each check costs a host sync; ``False`` turns them all off.
+        use_simplicial_embeddings, sem_num_simplices, sem_simplex_dim, sem_temperature:
+            byol-pytorch's keywords, accepted for migration; ``True`` raises (no counterpart).
 
     Example:
         >>> import torchvision
@@ -168,9 +216,17 @@ class BYOL(nn.Module):
         view_batching: ViewBatching = "auto",
         concat_views: Optional[bool] = None,
         input_shape: Optional[Sequence[int]] = None,
+        check_finite: bool = True,
+        use_simplicial_embeddings: bool = False,
+        sem_num_simplices: int = 32,
+        sem_simplex_dim: int = 8,
+        sem_temperature: float = 0.1,
     ) -> None:
         super().__init__()
         check_arguments(net, moving_average_decay, total_steps, augment_fn, augment_fn2)
+        check_simplicial_embeddings(use_simplicial_embeddings)
+        self.check_finite = bool(check_finite)
+        self._range_warned = False
         self.net = net
         self.input_shape = infer_input_shape(net, image_size, input_shape)
         self.extractor = RepresentationExtractor(
@@ -203,6 +259,8 @@ class BYOL(nn.Module):
         self.augment2: Augment = augment_fn2 if augment_fn2 is not None else augment_fn  # type: ignore[assignment]
         stats = resolve_normalize(normalize, self.uses_default_augmentations, self.input_shape[0])
         self.normalizer: Optional[ChannelNormalize] = ChannelNormalize(*stats) if stats is not None else None
+        exclude_from_state_dict(self.augment1)
+        exclude_from_state_dict(self.augment2)
 
     def _probe(self, device: torch.device, dtype: torch.dtype, image_size: ImageSize) -> Tuple[int, List[str]]:
         """Representation size and the names of net parameters it does not depend on."""
@@ -216,7 +274,7 @@ class BYOL(nn.Module):
                     if trainable and representation.requires_grad
                     else [None] * len(trainable)
                 )
-        except HiddenLayerNotRunError:
+        except (HiddenLayerNotRunError, AmbiguousOutputError):
             raise
         except PROBE_ERRORS as error:
             raise probe_failure(self.net, self.input_shape, error, image_size) from error
@@ -260,8 +318,24 @@ class BYOL(nn.Module):
     # ------------------------------------------------------------------ networks
     def _online(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """(projection, representation) of the online network."""
-        representation = self.extractor(self.net, x)
+        try:
+            representation = self.extractor(self.net, x)
+        except (HiddenLayerNotRunError, AmbiguousOutputError, NonFiniteError):
+            raise
+        except PROBE_ERRORS as error:
+            if tuple(x.shape[1:]) == self.input_shape:
+                raise
+            raise ValueError(self._size_message(x, f"{type(self.net).__name__} fails on them ({error})")) from error
+        if representation.ndim != 2 or representation.shape[1] != self.representation_size:
+            raise ValueError(self._size_message(
+                x, f"the hidden layer gives a representation of shape {tuple(representation.shape[1:])} instead of "
+                   f"({self.representation_size},), the projector's input size"))
         return self.projector(representation), representation
+
+    def _size_message(self, x: Tensor, what: str) -> str:
+        return (f"inputs of shape {tuple(x.shape[1:])} reach the network, which was built and probed for "
+                f"{self.input_shape}, and {what}. Resize the images to {self.input_shape[1:]} (image_size), or "
+                f"choose a hidden layer whose output size does not depend on the input size (global pooling).")
 
     @torch.no_grad()
     def _target(self, x: Tensor) -> Tensor:
@@ -273,7 +347,14 @@ class BYOL(nn.Module):
     def _check_input(self, x: Tensor, augmented: bool) -> Tensor:
         if not isinstance(x, Tensor):
             raise TypeError(f"expected a tensor of images, got {type(x).__name__}")
+        if x.ndim == 0:
+            raise ValueError(f"expected a batch of shape (N, {', '.join(map(str, self.input_shape))}), got a 0-d "
+                             f"tensor (a single number); pass a batch of images, samples along the first dimension")
+        floats = x.is_floating_point()  # uint8 images are finite and in range by construction
         x = to_float_images(x)
+        if augmented and x.shape[0] == 0:
+            raise ValueError(f"empty batch {tuple(x.shape)}: the loss of no samples is undefined; skip empty batches "
+                             f"(e.g. DataLoader(..., drop_last=True))")
         if self.training and x.shape[0] < 2:
             raise ValueError(
                 f"a batch of {x.shape[0]} cannot be used in training mode: the BatchNorm layers in the "
@@ -290,7 +371,42 @@ class BYOL(nn.Module):
         device, _ = module_device_dtype(self.net)
         if x.device != device:
             raise ValueError(f"images are on {x.device} but the learner is on {device}; move one to the other")
+        self._check_modules_agree()
+        if self.check_finite and floats and x.numel():
+            self._check_values(x)
         return x
+
+    def _check_modules_agree(self) -> None:
+        """Net, heads and target on one device and dtype (a net converted alone after
+        construction would end in a raw matmul error)."""
+        where = module_device_dtype(self.net)
+        for name in ("projector", "target_net"):
+            module = getattr(self, name)
+            if module is not None and module_device_dtype(module) != where:
+                other = module_device_dtype(module)
+                raise ValueError(
+                    f"the net's parameters are {where[1]} on {where[0]} but the {name}'s are {other[1]} on {other[0]}: "
+                    f"the net was converted after BYOL was built. Convert the learner instead, learner.to(device, "
+                    f"dtype), which converts net, heads and target together."
+                )
+
+    def _check_values(self, x: Tensor) -> None:
+        """NaN/inf raise; float images far outside [0, 1] warn once (default augmentations)."""
+        lo, hi = check_input_batch(x)
+        if self.uses_default_augmentations and not self._range_warned:
+            message = range_message(lo, hi)
+            if message is not None:
+                self._range_warned = True
+                warnings.warn(message, ImageRangeWarning, stacklevel=4)
+
+    def _check_views(self, *views: Tensor) -> None:
+        """Custom augmentations must give what the net takes (dimensions and channels)."""
+        expected = self.input_shape
+        for view in views:
+            if view.ndim != len(expected) + 1 or (len(expected) > 1 and view.shape[1] != expected[0]):
+                raise ValueError(f"the augmentation returned views of shape {tuple(view.shape)}, but the net takes "
+                                 f"(N, {', '.join(map(str, expected))}) (channels {expected[0]}); check augment_fn "
+                                 f"and the input batch {tuple(views[0].shape)}")
 
     def _normalize(self, x: Tensor) -> Tensor:
         return self.normalizer(x) if self.normalizer is not None else x
@@ -316,8 +432,20 @@ class BYOL(nn.Module):
         if return_embedding:
             projection, representation = self._online(self._to_net_dtype(self._normalize(x)))
             return (projection, representation) if return_projection else representation
-        view1 = self._to_net_dtype(self._normalize(self.augment1(x)))
-        view2 = self._to_net_dtype(self._normalize(self.augment2(x)))
+        if not self.check_finite:
+            return self._loss(x)
+        with restore_batchnorm_on_error(self):
+            loss = self._loss(x)
+            check_loss(loss, self.named_parameters())
+        return loss
+
+    def _loss(self, x: Tensor) -> Tensor:
+        """Augment, encode both views online and with the target, the symmetric loss."""
+        view1, view2 = self.augment1(x), self.augment2(x)
+        if not self.uses_default_augmentations:
+            self._check_views(view1, view2)
+        view1 = self._to_net_dtype(self._normalize(view1))
+        view2 = self._to_net_dtype(self._normalize(view2))
         if self.view_batching != "per_view" and view1.shape == view2.shape:
             return self._loss_concatenated(view1, view2)
         projection1, _ = self._online(view1)
@@ -370,6 +498,8 @@ class BYOL(nn.Module):
 
         Raises:
             RuntimeError: with ``use_momentum=False`` (there is no separate target).
+            NonFiniteError: when an online weight is NaN/inf (unless ``check_finite=False``);
+                the target is then left as it was.
         """
         if not self.use_momentum:
             raise RuntimeError(
@@ -377,7 +507,16 @@ class BYOL(nn.Module):
                 "network under stop-gradient. Remove the call, or construct BYOL with use_momentum=True."
             )
         tau = self.tau
-        ema_update_(self.target_parameters(), self.online_parameters(), tau)
+        online = self.online_parameters()
+        if self.check_finite and not all_finite(online):
+            named = [(f"net.{n}", p) for n, p in self.net.named_parameters()]
+            named += [(f"projector.{n}", p) for n, p in self.projector.named_parameters()]
+            raise NonFiniteError(
+                f"update_moving_average() refused: these online parameters are non-finite: "
+                f"{shorten(nonfinite_names(named))}; the target was left unchanged. The optimizer diverged: lower "
+                f"the learning rate, clip gradients, or restore the last good checkpoint."
+            )
+        ema_update_(self.target_parameters(), online, tau)
         self.ema_step += 1
         return tau
 
@@ -390,6 +529,12 @@ class BYOL(nn.Module):
     def remove_hooks(self) -> None:
         """Kept for byol-pytorch users: byol-wrap's hooks exist only during a forward pass,
         so there is never a hook left on the net to remove."""
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any) -> None:
+        # checkpoints of byol-wrap 0.1.0 hold the augmentations' buffers; they are no state now
+        for key in [k for k in state_dict if k.startswith((prefix + "augment1.", prefix + "augment2."))]:
+            del state_dict[key]
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def get_extra_state(self) -> Dict[str, Any]:
         return {"ema_step": self.ema_step}

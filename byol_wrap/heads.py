@@ -85,10 +85,11 @@ class MLP(nn.Sequential):
             )
             for name, value in zip(("output_dim", "hidden_dim", "sync_batchnorm"), old_positional):
                 sizes[name] = value
-        for old, new in _OLD_KEYWORDS.items():
-            if old in old_keywords:
-                warn_renamed(f"MLP({old}=...)", f"{new}=", stacklevel=3)
-                sizes[new] = old_keywords.pop(old)
+        renamed = [old for old in _OLD_KEYWORDS if old in old_keywords]
+        if renamed:
+            warn_renamed(f"MLP({'=, '.join(renamed)}=)", f"{'=, '.join(_OLD_KEYWORDS[old] for old in renamed)}=")
+        for old in renamed:
+            sizes[_OLD_KEYWORDS[old]] = old_keywords.pop(old)
         reject_unknown(old_keywords, "MLP()")
         for name in ("input_dim", "hidden_dim", "output_dim"):
             value = sizes[name]

@@ -9,7 +9,7 @@ not computed, and the result is the same tensor the full forward would have prod
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, List, Optional, Union
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 from torch import Tensor, nn
 
@@ -20,6 +20,10 @@ LayerSpec = Union[str, int, None]
 
 class HiddenLayerNotRunError(RuntimeError):
     """The chosen hidden layer did not run during the net's forward pass."""
+
+
+class AmbiguousOutputError(ValueError):
+    """The net's output (``hidden_layer=-1``) is a tuple or list of several tensors."""
 
 
 class _EarlyExit(BaseException):
@@ -89,6 +93,39 @@ def first_tensor(output: Any, where: str) -> Tensor:
     )
 
 
+def describe_elements(output: Sequence[Any]) -> str:
+    """``[0] Tensor (2, 10), [1] Tensor (2, 512)``: what a tuple/list output holds."""
+    return ", ".join(
+        f"[{i}] Tensor {tuple(e.shape)}" if isinstance(e, Tensor) else f"[{i}] {type(e).__name__}"
+        for i, e in enumerate(output)
+    )
+
+
+def net_output(output: Any, net: nn.Module, pool_fn: Optional[Callable[..., Tensor]]) -> Any:
+    """The net's own output as the representation source (``hidden_layer=-1``).
+
+    A tensor passes; a tuple/list passes whole to ``pool_fn`` when one is given, and
+    gives its only tensor otherwise. Several tensors are ambiguous (e.g. ``(logits,
+    features)``): :class:`AmbiguousOutputError` lists them and how to choose.
+    """
+    if isinstance(output, Tensor) or pool_fn is not None:
+        return output
+    if isinstance(output, (tuple, list)):
+        tensors = [e for e in output if isinstance(e, Tensor)]
+        if len(tensors) == 1:
+            return tensors[0]
+        if len(tensors) > 1:
+            second = next(i for i, e in enumerate(output) if isinstance(e, Tensor) and e is tensors[1])
+            raise AmbiguousOutputError(
+                f"{type(net).__name__}.forward returned a {type(output).__name__} of {len(output)} elements: "
+                f"{describe_elements(output)}; with hidden_layer=-1 it is unclear which is the representation. "
+                f"Choose it: hidden_layer=<the module that produces it> (byol_wrap.print_layers(net, image_size) "
+                f"lists the candidates), or pool_fn=lambda out: out[{second}] (pool_fn receives the whole "
+                f"{type(output).__name__}; reduce to (N, D) there if needed)."
+            )
+    return first_tensor(output, f"{type(net).__name__}.forward")
+
+
 class RepresentationExtractor:
     """Run ``net`` and return the (pooled) output of one of its layers.
 
@@ -130,15 +167,19 @@ class RepresentationExtractor:
         self.pooling = pooling
 
     def raw(self, net: nn.Module, x: Tensor) -> Tensor:
-        """The layer's output before pooling."""
+        """The layer's output before pooling (for ``layer=None`` with ``pool_fn``: the net's
+        output as returned, a tuple included, so that ``pool_fn`` can pick from it)."""
         if self.layer is None:
-            return first_tensor(net(x), f"{type(net).__name__}.forward")
+            return net_output(net(x), net, self.pool_fn)
         captured: List[Tensor] = []
         early_exit = self.early_exit
 
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             if not captured:
-                captured.append(first_tensor(output, f"layer {self.layer!r}"))
+                tensor = first_tensor(output, f"layer {self.layer!r}")
+                # without early exit the forward goes on, and an in-place op after the layer
+                # (ReLU(inplace=True)) would change what was read: keep a copy
+                captured.append(tensor if early_exit else tensor.clone())
                 if early_exit:
                     raise _EarlyExit
 
@@ -162,3 +203,23 @@ class RepresentationExtractor:
             return self.pool_fn(out)
         pooling = self.pooling if self.pooling is not None else Pooling.for_net(net, self.token_pool)
         return pooling(out)
+
+
+# Names that lived here before pooling.py, probe.py and layers.py took them over: old name -> new module.
+_MOVED = {
+    **dict.fromkeys(("pool", "prefix_token_count", "channels_last_outputs", "describe_pooling", "default_token_pool",
+                     "TOKEN_POOLS"), "byol_wrap.pooling"),
+    **dict.fromkeys(("infer_input_shape", "image_size_pair", "module_device_dtype", "cuda_rng_devices",
+                     "probe_context"), "byol_wrap.probe"),
+    **dict.fromkeys(("list_layers", "format_layers", "print_layers"), "byol_wrap.layers"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
+        import warnings
+
+        warnings.warn(f"byol_wrap.hooks.{name} moved to {_MOVED[name]}.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module 'byol_wrap.hooks' has no attribute {name!r}")

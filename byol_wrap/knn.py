@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 
 @torch.no_grad()
@@ -91,3 +91,43 @@ def knn_accuracy(
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     predicted = knn_predict(test_features, train_features, train_labels, num_classes, k, temperature)
     return (predicted.cpu() == test_labels.cpu()).float().mean().item()
+
+
+def knn_eval(
+    encode: Callable[[Tensor], Tensor],
+    bank_images: Tensor,
+    bank_labels: Tensor,
+    query_images: Tensor,
+    query_labels: Tensor,
+    module: Optional[nn.Module] = None,
+    batch_size: int = 512,
+    k: int = 200,
+    temperature: float = 0.1,
+) -> float:
+    """Weighted-kNN top-1 accuracy (0-1) of ``encode``'s features: the bank images vote for the
+    query images' labels (:func:`knn_accuracy`).
+
+    ``encode`` maps a batch of images to features (e.g. a learner's
+    ``learner(x, return_embedding=True, return_projection=False)``, which normalises them as
+    the views were). ``module`` (the net or learner behind ``encode``) is put in eval mode for
+    the evaluation and back in its previous mode afterwards; no gradients are recorded.
+
+    Example:
+        >>> net = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(4))
+        >>> x, y = torch.eye(4).view(4, 1, 2, 2), torch.tensor([0, 1, 2, 3])
+        >>> knn_eval(net, x, y, x, y, module=net, k=1)
+        1.0
+        >>> net.training
+        True
+    """
+    was_training = module.training if module is not None else False
+    if module is not None:
+        module.eval()
+    try:
+        with torch.no_grad():
+            bank = embed(encode, bank_images, batch_size)
+            query = embed(encode, query_images, batch_size)
+    finally:
+        if module is not None:
+            module.train(was_training)
+    return knn_accuracy(bank, bank_labels, query, query_labels, k=k, temperature=temperature)

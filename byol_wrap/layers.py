@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .hooks import first_tensor
+from .hooks import AmbiguousOutputError, first_tensor, net_output
 from .pooling import Pooling
 from .probe import PROBE_ERRORS, ImageSize, infer_input_shape, module_device_dtype, probe_context, probe_failure
 
@@ -72,8 +72,9 @@ def list_layers(
         # -1 means the net's output, so the last child has no index of its own
         index = children.index(name) - len(children) if name in children else None
         rows.append(_layer_row(name, kind, out, pooling, calls[name], index if index != -1 else None))
-    with contextlib.suppress(TypeError):  # an output that is not a tensor gets no row
-        rows.append(_layer_row(None, type(net).__name__, first_tensor(final, "forward"), pooling, 1, -1))
+    # an output that is not a tensor, or a tuple of several (ambiguous for hidden_layer=-1), gets no row
+    with contextlib.suppress(TypeError, AmbiguousOutputError):
+        rows.append(_layer_row(None, type(net).__name__, net_output(final, net, None), pooling, 1, -1))
     return rows
 
 

@@ -27,7 +27,7 @@ import torch
 _FORMAT = 1
 
 
-def _numpy():
+def _numpy() -> Any:
     try:
         import numpy  # noqa: PLC0415 - optional, and only needed here
     except ImportError:

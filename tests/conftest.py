@@ -31,7 +31,7 @@ class SmallCNN(nn.Module):
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny tensors: intra-op threads gain nothing, and on a busy 2-core machine their spin-waiting
-    made such test files about 10x slower (measured). Use with pytestmark; restored afterwards."""
+    made such test files several times slower (measured). Use with pytestmark; restored afterwards."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

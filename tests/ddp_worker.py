@@ -2,7 +2,7 @@
 
 Each rank writes what it observed to ``--out``; the test process compares the ranks.
 
-1. ``examples/ddp_torchrun.py`` trains a few steps (DDP without find_unused_parameters).
+1. ``examples/scaleout/ddp_torchrun.py`` trains a few steps (DDP without find_unused_parameters).
 2. Control: DDP around a learner whose unused-parameter list was emptied must fail.
 3. SyncBatchNorm in backbone (convert_sync_batchnorm), projector and predictor
    (``sync_batchnorm=True``): DDP on 2 ranks x B against one process on the 2B images.
@@ -11,13 +11,12 @@ Each rank writes what it observed to ``--out``; the test process compares the ra
    on CPU its forward is replaced by :func:`cpu_sync_batchnorm_forward`, written here from
    the definition of cross-process batch normalisation, and DDP's device check is
    skipped; on GPUs the real ``nn.SyncBatchNorm`` runs.
-4. ``examples/lightning_byol.py`` with Lightning's DDP strategy in the same processes.
+4. ``examples/scaleout/lightning_byol.py`` with Lightning's DDP strategy in the same processes.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import warnings
 
 import torch
@@ -27,12 +26,10 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "examples"))
-import ddp_torchrun  # noqa: E402
-from scaleout_common import TinyCNN  # noqa: E402
+from byol_wrap import BYOL, unwrap
 
-from byol_wrap import BYOL, unwrap  # noqa: E402
+import ddp_torchrun  # examples/scaleout, on the PYTHONPATH that test_distributed.py sets
+from scaleout_common import TinyCNN
 
 EXAMPLE_ARGS = ["--synthetic", "64", "--arch", "tiny", "--image-size", "16", "--batch-size", "8",
                 "--max-steps", "3", "--projection-hidden-size", "32", "--projection-size", "16", "--log-every", "1"]
@@ -159,8 +156,9 @@ def _compare_syncbn(out: str, rank: int, world: int, device: torch.device, name:
 
 
 def part_lightning(out: str, rank: int) -> None:
-    """examples/lightning_byol.py with Lightning's DDP strategy inside these torchrun processes."""
+    """examples/scaleout/lightning_byol.py with Lightning's DDP strategy inside these torchrun processes."""
     import lightning
+
     import lightning_byol
 
     seen = {}

@@ -1,4 +1,5 @@
-"""Test-only helpers: float comparisons whose tolerance scales with the magnitudes compared.
+"""Test-only helpers: float comparisons whose tolerance scales with the magnitudes compared, and
+independent references that several test files need (ImageNet normalisation written out by hand).
 
 Float results change with the CPU (AVX2 vs AVX-512 kernels), the thread count and the memory
 format, by an amount proportional to the magnitudes that went into the computation. A quantity
@@ -72,6 +73,17 @@ def assert_tensors_close(
         got = actual[name]
         if isinstance(want, Tensor) and want.is_floating_point():
             assert_close_scaled(got, want, rtol=rtol, scale_rtol=scale_rtol, scale=scale, msg=name)
-        elif isinstance(want, Tensor):
-            if not torch.equal(got, want):
-                raise AssertionError(f"{name}: {got} != {want}")
+        elif isinstance(want, Tensor) and not torch.equal(got, want):
+            raise AssertionError(f"{name}: {got} != {want}")
+
+
+#: ImageNet channel statistics written out here, not imported from byol_wrap: an independent reference.
+IMAGENET_MEAN_BY_HAND = (0.485, 0.456, 0.406)
+IMAGENET_STD_BY_HAND = (0.229, 0.224, 0.225)
+
+
+def imagenet_normalize_by_hand(x: Tensor) -> Tensor:
+    """``(x - mean) / std`` per channel of ``(N, 3, H, W)`` float images, with the statistics above."""
+    mean = torch.tensor(IMAGENET_MEAN_BY_HAND, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD_BY_HAND, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std

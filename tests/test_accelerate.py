@@ -1,17 +1,14 @@
-"""examples/accelerate_byol.py on CPU: EMA through accelerator.unwrap_model, once per optimizer step."""
+"""examples/scaleout/accelerate_byol.py on CPU: EMA through accelerator.unwrap_model, once per optimizer step."""
 import math
-import os
-import sys
 
 import pytest
 import torch
 
 pytest.importorskip("accelerate", reason="pip install accelerate (in the [test] extra)")
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
-import accelerate_byol  # noqa: E402
+from byol_wrap import unwrap
 
-from byol_wrap import unwrap  # noqa: E402
+import accelerate_byol  # examples/scaleout, on pytest's pythonpath
 from helpers import assert_close_scaled
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from byol_wrap import BYOL, unwrap
-from helpers import assert_close_scaled, assert_tensors_close
+
+from helpers import assert_tensors_close
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -110,7 +111,8 @@ def test_compile_of_the_learner_matches_eager():
         assert a.item() == pytest.approx(b.item(), rel=1e-5)
     got_state, ref_state = compiled_learner.state_dict(), eager.state_dict()
     assert_tensors_close({k: v for k, v in got_state.items() if isinstance(v, torch.Tensor)},
-                         {k: v for k, v in ref_state.items() if isinstance(v, torch.Tensor)}, rtol=1e-4, scale_rtol=1e-5)
+                         {k: v for k, v in ref_state.items() if isinstance(v, torch.Tensor)},
+                         rtol=1e-4, scale_rtol=1e-5)
     assert compiled_learner.ema_step == 3
 
 

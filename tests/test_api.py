@@ -11,24 +11,28 @@ from torch import nn
 
 import byol_wrap
 from byol_wrap import BYOL
-from byol_wrap.augment import IMAGENET_MEAN, IMAGENET_STD
+from byol_wrap.augment import IMAGENET_MEAN
 from byol_wrap.ema import cosine_tau
 from byol_wrap.heads import MLP, resolve_sync_batchnorm
 from byol_wrap.hooks import HiddenLayerNotRunError, RepresentationExtractor
 from byol_wrap.optim import paper_optimizer_and_scheduler, weight_decay_groups
 
+from conftest import SmallCNN
+from helpers import imagenet_normalize_by_hand
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny_net() -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(4, 3))
-
-
 def tiny_learner(**kwargs) -> BYOL:
     torch.manual_seed(0)
-    return BYOL(tiny_net(), image_size=8, hidden_layer="4", projection_size=4, projection_hidden_size=8, **kwargs)
+    return BYOL(SmallCNN(width=2), image_size=8, hidden_layer="pool", projection_size=4, projection_hidden_size=8,
+                **kwargs)
+
+
+def features(net: SmallCNN, x: torch.Tensor) -> torch.Tensor:
+    """The pooled representation, computed without byol_wrap."""
+    return net.eval().features(x).mean(dim=(2, 3))
 
 
 # ---------------------------------------------------------------- namespace
@@ -124,7 +128,7 @@ def test_extra_repr_names_the_decay_like_the_constructor():
 class WithUnusedLayer(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.body = tiny_net()
+        self.body = SmallCNN(width=2)
         self.unused = nn.Linear(3, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -157,11 +161,11 @@ def embedding(learner: BYOL, x: torch.Tensor) -> torch.Tensor:
 
 def test_normalize_auto_means_imagenet_with_default_augmentations_and_none_with_your_own():
     x = torch.rand(2, 3, 8, 8)
-    imagenet = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    imagenet = imagenet_normalize_by_hand(x)
     default = tiny_learner()
-    torch.testing.assert_close(embedding(default, x), default.net[:5].eval()(imagenet))
+    torch.testing.assert_close(embedding(default, x), features(default.net, imagenet))
     own = tiny_learner(augment_fn=lambda v: v)
-    torch.testing.assert_close(embedding(own, x), own.net[:5].eval()(x))
+    torch.testing.assert_close(embedding(own, x), features(own.net, x))
     with pytest.raises(ValueError, match="'auto', None or a pair"):
         tiny_learner(normalize="imagenet")
 
@@ -169,10 +173,18 @@ def test_normalize_auto_means_imagenet_with_default_augmentations_and_none_with_
 def test_normalize_runs_after_the_default_augmentations():
     seen = []
     learner = tiny_learner(normalize=((0.5,), (0.25,)))
-    learner.net[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    learner.net.conv1.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
     torch.manual_seed(1)
     learner(torch.rand(4, 3, 8, 8))
     torch.manual_seed(1)
     x = torch.rand(4, 3, 8, 8)
     view1 = learner.augment1(x)
     torch.testing.assert_close(seen[0], (view1 - 0.5) / 0.25)
+
+
+def test_names_moved_out_of_hooks_still_import_from_there_with_a_warning():
+    from byol_wrap import layers, pooling, probe
+
+    for name, module in (("pool", pooling), ("infer_input_shape", probe), ("list_layers", layers)):
+        with pytest.warns(DeprecationWarning, match=f"moved to {module.__name__}"):
+            assert getattr(__import__("byol_wrap.hooks", fromlist=[name]), name) is getattr(module, name)

@@ -18,9 +18,10 @@ import torchvision
 from torch import Tensor, nn
 
 from byol_wrap import BYOL, list_layers
-from byol_wrap.augment import IMAGENET_MEAN, IMAGENET_STD
 from byol_wrap.hooks import resolve_layer
-from helpers import assert_close_scaled
+
+from conftest import SmallCNN  # a user's own backbone, with any number of input channels
+from helpers import assert_close_scaled, imagenet_normalize_by_hand
 
 timm = pytest.importorskip("timm", reason="timm is in the [test] extra: pip install -e '.[test]'")
 
@@ -29,12 +30,6 @@ BATCH = 4
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TAU = 0.996
-
-
-def imagenet_normalize(x: Tensor) -> Tensor:
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 # ---------------------------------------------------------------- reference features, by hand
@@ -59,24 +54,8 @@ def timm_pre_logits(net: nn.Module, x: Tensor) -> Tensor:
     return net.forward_head(net.forward_features(x), pre_logits=True)
 
 
-class SmallCNN(nn.Module):
-    """A user's own backbone with any number of input channels."""
-
-    def __init__(self, in_channels: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(32, 10)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.pool(self.body(x)).flatten(1))
-
-
 def small_cnn_features(net: nn.Module, x: Tensor) -> Tensor:
-    return net.body(x).mean(dim=(2, 3))
+    return net.features(x).mean(dim=(2, 3))
 
 
 @dataclass
@@ -88,7 +67,7 @@ class Case:
     channels: int = 3
     image_size: int = 32
     kwargs: Dict[str, Any] = field(default_factory=dict)
-    normalize: Optional[Callable[[Tensor], Tensor]] = imagenet_normalize
+    normalize: Optional[Callable[[Tensor], Tensor]] = imagenet_normalize_by_hand
 
 
 def user_stats(channels: int):
@@ -126,8 +105,8 @@ CASES: Dict[str, Case] = {
         "norm", 192, timm_pre_logits, kwargs=dict(token_pool="mean")),
     "timm-convnext_atto-num_classes0": Case(
         lambda: timm.create_model("convnext_atto", pretrained=False, num_classes=0), -1, 320, timm_pre_logits),
-    "custom-cnn-1ch": Case(lambda: SmallCNN(1), "pool", 32, small_cnn_features, channels=1),
-    "custom-cnn-4ch": Case(lambda: SmallCNN(4), "pool", 32, small_cnn_features, channels=4),
+    "custom-cnn-1ch": Case(lambda: SmallCNN(in_channels=1, width=16), "pool", 32, small_cnn_features, channels=1),
+    "custom-cnn-4ch": Case(lambda: SmallCNN(in_channels=4, width=16), "pool", 32, small_cnn_features, channels=4),
 }
 
 

@@ -9,12 +9,11 @@ import torchvision
 from torch import nn
 
 from byol_wrap import BYOL
-from byol_wrap.augment import IMAGENET_MEAN, IMAGENET_STD
 from byol_wrap.ema import cosine_tau
 from byol_wrap.hooks import HiddenLayerNotRunError
 
 from conftest import SmallCNN
-from helpers import assert_close_scaled
+from helpers import assert_close_scaled, imagenet_normalize_by_hand
 
 HEADS = dict(projection_size=16, projection_hidden_size=32)
 
@@ -207,7 +206,7 @@ def test_representation_from_dotted_name_index_and_output():
     torch.manual_seed(0)
     net = torchvision.models.resnet18().eval()
     x = torch.rand(2, 3, 32, 32)
-    xn = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    xn = imagenet_normalize_by_hand(x)
     with torch.no_grad():
         trunk = nn.Sequential(*list(net.children())[:-2])
         layer4 = trunk(xn)
@@ -229,8 +228,7 @@ def test_timm_vit_tokens_are_pooled_by_class_token_or_mean():
     net = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32).eval()
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
-        tokens = net.forward_features((x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-                                      / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        tokens = net.forward_features(imagenet_normalize_by_hand(x))
     # mean pooling leaves out the class token, as timm's global_pool="avg" does
     patch_mean = tokens[:, net.num_prefix_tokens:].mean(1)
     for pool, expected in (("cls", tokens[:, 0]), ("mean", patch_mean), ("auto", tokens[:, 0])):

@@ -12,6 +12,7 @@ from byol_wrap.augment import blur_kernel_size
 from byol_wrap.ema import cosine_tau, ema_update_
 from byol_wrap.heads import MLP, resolve_sync_batchnorm
 from byol_wrap.loss import byol_loss, symmetric_byol_loss
+
 from helpers import assert_close_scaled
 
 
@@ -60,7 +61,8 @@ def test_loss_runs_in_float32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = byol_loss(q, z)
     assert out.dtype == torch.float32
-    assert_close_scaled(out, torch.from_numpy(reference_loss(q.float().numpy(), z.float().numpy())), rtol=1e-5, scale=4.0)
+    reference = torch.from_numpy(reference_loss(q.float().numpy(), z.float().numpy()))
+    assert_close_scaled(out, reference, rtol=1e-5, scale=4.0)
 
 
 def test_loss_rejects_shape_mismatch():

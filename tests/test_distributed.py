@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.parallel import DataParallel
 
 from byol_wrap import BYOL, ddp_params_to_ignore, unwrap
+
 from helpers import assert_tensors_close
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +29,8 @@ PARTS = "example,control,syncbn,onepass" + (",lightning" if HAVE_LIGHTNING else 
 
 def launch(out, parts=PARTS, device="cpu", nproc=2, timeout=300):
     """Run tests/ddp_worker.py in ``nproc`` processes with torchrun; return what each rank saved."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    path = os.pathsep.join([ROOT, os.path.join(ROOT, "examples", "scaleout"), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # gloo on CPU even on a machine with GPUs
         if os.path.exists("/sys/class/net/lo"):
@@ -102,7 +104,8 @@ def test_syncbn_two_ranks_of_b_equal_one_process_of_2b(ranks):
         for step in record["steps"]:
             assert step["loss"] == pytest.approx(step["ref_loss"], rel=1e-5)
             assert step["grads"].keys() == step["ref_grads"].keys() and step["grads"]
-            assert_tensors_close(step["grads"], step["ref_grads"], rtol=1e-4, scale_rtol=1e-4)  # sums over 2 ranks: another order
+            # sums over 2 ranks: another order
+            assert_tensors_close(step["grads"], step["ref_grads"], rtol=1e-4, scale_rtol=1e-4)
         # after two SGD + EMA steps: parameters, target and BatchNorm running statistics agree
         assert_tensors_close(record["state"], record["ref_state"], rtol=1e-4, scale_rtol=1e-4)
 

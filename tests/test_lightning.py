@@ -1,16 +1,14 @@
-"""examples/lightning_byol.py with a CPU Trainer: EMA timing under gradient accumulation, checkpoints."""
+"""examples/scaleout/lightning_byol.py with a CPU Trainer: EMA timing under gradient accumulation, checkpoints."""
 import math
 import os
-import sys
 
 import pytest
 import torch
 
 L = pytest.importorskip("lightning", reason="pip install lightning (in the [test] extra)")
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
-import lightning_byol  # noqa: E402
-from helpers import assert_close_scaled
+import lightning_byol  # noqa: E402 - examples/scaleout, on pytest's pythonpath; needs lightning
+from helpers import assert_close_scaled  # noqa: E402
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*(num_workers|does not have many workers|LeafSpec).*"),

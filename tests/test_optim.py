@@ -8,6 +8,7 @@ from torch import nn
 from byol_wrap import BYOL, byol_param_groups, paper_optimizer_and_scheduler
 from byol_wrap.ema import cosine_tau
 from byol_wrap.optim import lars_optimizer, scaled_lr, warmup_cosine, warmup_cosine_scheduler, weight_decay_groups
+
 from helpers import assert_close_scaled
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,11 +10,12 @@ import argparse
 import os
 from typing import Optional, Tuple
 
-import numpy as np
 import torch
 import torchvision
 from torch import nn
 from torch.utils.data import TensorDataset
+
+from byol_wrap.data import load_npz_images
 
 
 class TinyCNN(nn.Module):
@@ -58,9 +59,7 @@ def load_images(data: Optional[str], synthetic: int = 0, image_size: int = 32, s
                          "or use --synthetic N for random images")
     if not os.path.exists(path):
         raise SystemExit(f"--data {path!r} does not exist")
-    with np.load(path) as arrays:
-        images = torch.from_numpy(arrays["x_train"]).permute(0, 3, 1, 2).contiguous()
-    return TensorDataset(images)
+    return TensorDataset(load_npz_images(path))  # uint8 (N, 3, H, W), read without pickle
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -2,11 +2,12 @@
 
 One GPU, or all GPUs of a machine with DDP (``--devices 8``; Lightning launches the processes):
 
-    python examples/lightning_byol.py --data cifar10_small.npz --devices 8 --sync-batchnorm --precision bf16-mixed
+    python examples/scaleout/lightning_byol.py --data cifar10_small.npz --devices 8 --sync-batchnorm \\
+        --precision bf16-mixed
 
 CPU, a smoke test on random images:
 
-    python examples/lightning_byol.py --synthetic 256 --arch tiny --accelerator cpu --batch-size 16 \\
+    python examples/scaleout/lightning_byol.py --synthetic 256 --arch tiny --accelerator cpu --batch-size 16 \\
         --projection-hidden-size 64 --max-steps 5 --accumulate 2
 
 Several machines: the same command on each, with ``--num-nodes N`` and Lightning's cluster
@@ -28,17 +29,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from scaleout_common import add_common_args, build_backbone, load_images, total_steps  # noqa: E402
+from byol_wrap import BYOL, ddp_params_to_ignore, paper_optimizer_and_scheduler
 
-from byol_wrap import BYOL, ddp_params_to_ignore, paper_optimizer_and_scheduler  # noqa: E402
+# scaleout_common.py sits next to this script (a script's folder is on sys.path when it runs)
+from scaleout_common import add_common_args, build_backbone, load_images, total_steps
 
 
 class LitBYOL(L.LightningModule):

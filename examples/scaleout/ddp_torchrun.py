@@ -2,17 +2,17 @@
 
 One process per GPU on one machine:
 
-    torchrun --standalone --nproc_per_node=8 examples/ddp_torchrun.py --data cifar10_small.npz --batch-size 256
+    torchrun --standalone --nproc_per_node=8 examples/scaleout/ddp_torchrun.py --data cifar10_small.npz --batch-size 256
 
 Two CPU processes (gloo), a smoke test of the whole stack on random images:
 
-    torchrun --standalone --nproc_per_node=2 examples/ddp_torchrun.py --synthetic 256 --arch tiny \\
+    torchrun --standalone --nproc_per_node=2 examples/scaleout/ddp_torchrun.py --synthetic 256 --arch tiny \\
         --batch-size 16 --projection-hidden-size 64 --max-steps 5
 
 Several machines (the same command on each; HOST is the first machine's address):
 
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv-id=byol --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 \\
-        examples/ddp_torchrun.py --data cifar10_small.npz --batch-size 256
+        examples/scaleout/ddp_torchrun.py --data cifar10_small.npz --batch-size 256
 
 What matters for BYOL under DDP (each point is marked in the code below):
 
@@ -34,7 +34,6 @@ import argparse
 import contextlib
 import os
 import socket
-import sys
 import time
 from typing import List, Optional, Tuple
 
@@ -44,10 +43,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from scaleout_common import add_common_args, build_backbone, load_images, total_steps  # noqa: E402
+from byol_wrap import BYOL, paper_optimizer_and_scheduler, unwrap
 
-from byol_wrap import BYOL, paper_optimizer_and_scheduler, unwrap  # noqa: E402
+# scaleout_common.py sits next to this script (a script's folder is on sys.path when it runs)
+from scaleout_common import add_common_args, build_backbone, load_images, total_steps
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -2,16 +2,16 @@
 
 Configure once (``accelerate config``) or pass the options on the command line:
 
-    accelerate launch --multi_gpu --num_processes 8 --mixed_precision bf16 examples/accelerate_byol.py \\
+    accelerate launch --multi_gpu --num_processes 8 --mixed_precision bf16 examples/scaleout/accelerate_byol.py \\
         --data cifar10_small.npz
     accelerate launch --multi_gpu --num_machines 2 --machine_rank 0 --main_process_ip HOST \\
-        --main_process_port 29500 --num_processes 16 examples/accelerate_byol.py --data cifar10_small.npz
+        --main_process_port 29500 --num_processes 16 examples/scaleout/accelerate_byol.py --data cifar10_small.npz
 
 CPU, a smoke test on random images, in one process or (gloo, via torchrun) in two:
 
-    python examples/accelerate_byol.py --cpu --synthetic 256 --arch tiny --batch-size 16 \\
+    python examples/scaleout/accelerate_byol.py --cpu --synthetic 256 --arch tiny --batch-size 16 \\
         --projection-hidden-size 64 --max-steps 5 --accumulate 2
-    torchrun --standalone --nproc_per_node=2 examples/accelerate_byol.py --cpu --synthetic 256 --arch tiny \\
+    torchrun --standalone --nproc_per_node=2 examples/scaleout/accelerate_byol.py --cpu --synthetic 256 --arch tiny \\
         --batch-size 16 --projection-hidden-size 64 --max-steps 5 --accumulate 2
 
 What matters for BYOL with accelerate:
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import List, Optional, Tuple
 
 import torch
@@ -34,10 +33,10 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from scaleout_common import add_common_args, build_backbone, load_images, total_steps  # noqa: E402
+from byol_wrap import BYOL, paper_optimizer_and_scheduler
 
-from byol_wrap import BYOL, paper_optimizer_and_scheduler  # noqa: E402
+# scaleout_common.py sits next to this script (a script's folder is on sys.path when it runs)
+from scaleout_common import add_common_args, build_backbone, load_images, total_steps
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
