@@ -92,7 +92,8 @@ def soak(steps: int, sample_every: int, batch_size: int, image_size: int, width:
                    f"torch.get_num_threads()={torch.get_num_threads()}, torch {torch.__version__}",
         "hooks_on_net_before": hooks_before, "hooks_left": hook_count(learner),
         "rss_first_after_warmup_mb": after[0] if after else None, "rss_last_mb": samples[-1]["rss_mb"],
-        "rss_drift_after_warmup": round(drift, 5), "rss_trend_after_warmup": round(trend, 5), "seconds_per_step": round(samples[-1]["seconds"] / steps, 4),
+        "rss_drift_after_warmup": round(drift, 5), "rss_trend_after_warmup": round(trend, 5),
+        "seconds_per_step": round(samples[-1]["seconds"] / steps, 4),
         "samples": samples,
     }
 
