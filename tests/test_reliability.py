@@ -386,6 +386,7 @@ def test_soak_script_runs(tmp_path):
     assert "rss_drift_after_warmup" in data and "rss_trend_after_warmup" in data
 
 
+@pytest.mark.integration
 def test_finite_checks_benchmark_runs(tmp_path):
     out = tmp_path / "cpu.json"
     result = subprocess.run(
