@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from byol_wrap import BYOL
 from byol_wrap.augment import imagenet_normalize
+from byol_wrap.data import load_labelled
 from byol_wrap.knn import knn_eval as byol_knn_eval
 from byol_wrap.optim import byol_param_groups
 
@@ -71,13 +71,8 @@ def load_data(path: Optional[Path], synthetic_sizes: Tuple[int, int] = (512, 256
             out[f"x_{split}"] = (base + noise).clamp(0, 255).to(torch.uint8)
             out[f"y_{split}"] = labels
         return out
-    with np.load(path) as arrays:
-        return {
-            "x_train": torch.from_numpy(arrays["x_train"]).permute(0, 3, 1, 2).contiguous(),
-            "y_train": torch.from_numpy(arrays["y_train"]).long(),
-            "x_test": torch.from_numpy(arrays["x_test"]).permute(0, 3, 1, 2).contiguous(),
-            "y_test": torch.from_numpy(arrays["y_test"]).long(),
-        }
+    x_train, y_train, x_test, y_test = load_labelled(path, 32)  # .npz read without pickle; 32 px as stored
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
 
 
 # ---------------------------------------------------------------------------- backbone
