@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# 0.1: a tenth of the healthy value. Healthy BYOL runs stay between about 0.5 and 1 (digits and CIFAR
-# runs of small_cnn measured 0.6-1.0); a batch at 0.1 keeps 1 % of the spread (variance) of a healthy
-# one, far below anything a learning run passes through, and a fully collapsed run reaches ~0 within
-# a few hundred steps, so the warning fires before much time is lost.
+# 0.1: a tenth of the healthy value. The built-in digits run (small_cnn, 300 steps) stayed between 0.60 and
+# 0.77 throughout; a batch at 0.1 keeps 1 % of the spread (variance) of a healthy one, far below anything a
+# learning run passes through, and a collapsing run falls towards 0, so the warning fires early without
+# false alarms.
 COLLAPSE_THRESHOLD = 0.1
 
 
