@@ -185,8 +185,11 @@ def resume_state(run_dir: os.PathLike, arguments: Dict[str, Any], overwrite: boo
             f"to resume it, add --overwrite to start afresh, or choose another --out"
         )
     if state.get("finished"):
+        encoder = Path(run_dir) / "encoder.pt"
+        where = (f"encoder: {encoder}" if encoder.exists()
+                 else f"its encoder.pt is missing: byol-wrap export {run_dir} writes it")
         raise RunError(
-            f"{run_dir} holds a finished run ({state['step']} steps; encoder: {Path(run_dir) / 'encoder.pt'}); "
+            f"{run_dir} holds a finished run ({state['step']} steps; {where}); "
             f"add --overwrite to train it again, or choose another --out"
         )
     return state

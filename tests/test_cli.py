@@ -92,6 +92,22 @@ def test_read_only_run_dir(capsys, images, tmp_path):
     assert_one_line(code, err, "cannot write to RUN_DIR")
 
 
+def test_read_only_file_system(capsys, images, tmp_path, monkeypatch):
+    """A RUN_DIR on a read-only mount (simulated: root ignores permission bits): EROFS on the first write."""
+    import errno
+
+    real_write_bytes = Path.write_bytes
+
+    def read_only(self, data):
+        if tmp_path in self.parents:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    code, err = run(capsys, "pretrain", images, "--out", tmp_path / "run", *SMALL)
+    assert_one_line(code, err, "cannot write to RUN_DIR", "Read-only file system")
+
+
 def test_batch_larger_than_the_data_set(capsys, images, tmp_path):
     code, err = run(capsys, "pretrain", images, "--out", tmp_path / "run", *SMALL, "--batch-size", "64")
     assert_one_line(code, err, "--batch-size 64", "8 images")
