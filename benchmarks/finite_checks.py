@@ -9,7 +9,7 @@ own (input check, BatchNorm snapshot, loss check, EMA weight check, each at the 
 tensors): that figure in milliseconds is the cost per step, the ratio confirms it.
 
 Usage:
-    python benchmarks/finite_checks.py --out benchmarks/results/finite_checks/cpu.json
+    python -m benchmarks.finite_checks --out benchmarks/results/finite_checks/cpu.json
 """
 from __future__ import annotations
 
@@ -27,15 +27,12 @@ import torch
 import torchvision
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from byol_wrap import BYOL  # noqa: E402
-from byol_wrap import checks  # noqa: E402
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from soak import SmallCNN, atomic_write_text  # noqa: E402
+from benchmarks.common import SmallCNN
+from byol_wrap import (
+    BYOL,
+    checks,
+)
+from byol_wrap.io import atomic_write_text
 
 
 def models() -> Dict[str, Callable[[], nn.Module]]:

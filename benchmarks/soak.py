@@ -13,8 +13,8 @@ handed back), which removes the allocator's caching from the figure.
 Target (issue 11): drift within 2 %, 0 hooks.
 
 Usage:
-    python benchmarks/soak.py                                   # 1000 steps
-    python benchmarks/soak.py --out benchmarks/results/soak/soak.json
+    python -m benchmarks.soak                                   # 1000 steps
+    python -m benchmarks.soak --out benchmarks/results/soak/soak.json
 """
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -31,33 +30,10 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from byol_wrap import BYOL  # noqa: E402
-from byol_wrap.optim import byol_param_groups  # noqa: E402
-
-
-class SmallCNN(nn.Module):
-    """4 conv-BN-ReLU blocks (3 followed by max-pooling), global pooling, a classifier BYOL ignores."""
-
-    def __init__(self, width: int = 16) -> None:
-        super().__init__()
-        channels = [3, width, 2 * width, 4 * width, 8 * width]
-        layers: List[nn.Module] = []
-        for i in range(4):
-            layers += [nn.Conv2d(channels[i], channels[i + 1], 3, padding=1, bias=False),
-                       nn.BatchNorm2d(channels[i + 1]), nn.ReLU(inplace=True)]
-            if i < 3:
-                layers.append(nn.MaxPool2d(2))
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.fc = nn.Linear(channels[-1], 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.flatten(self.pool(self.features(x))))
+from benchmarks.common import SmallCNN
+from byol_wrap import BYOL
+from byol_wrap.io import atomic_write_text
+from byol_wrap.optim import byol_param_groups
 
 
 def rss_mb() -> float:
@@ -107,21 +83,6 @@ def hook_count(module: nn.Module) -> int:
     return count
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def soak(steps: int, sample_every: int, batch_size: int, image_size: int, width: int, warmup: float,
          seed: int = 0) -> Dict[str, Any]:
     torch.manual_seed(seed)
@@ -162,7 +123,8 @@ def soak(steps: int, sample_every: int, batch_size: int, image_size: int, width:
         "hooks_on_net_before": hooks_before, "hooks_left": hook_count(learner),
         "rss_first_after_warmup_mb": after[0] if after else None, "rss_last_mb": samples[-1]["rss_mb"],
         "rss_drift_after_warmup": drift, "rss_trend_after_warmup": trend,
-        "rss_trimmed_drift_after_warmup": trimmed_drift, "rss_trimmed_trend_after_warmup": trimmed_trend, "seconds_per_step": round(samples[-1]["seconds"] / steps, 4),
+        "rss_trimmed_drift_after_warmup": trimmed_drift, "rss_trimmed_trend_after_warmup": trimmed_trend,
+        "seconds_per_step": round(samples[-1]["seconds"] / steps, 4),
         "samples": samples,
     }
 

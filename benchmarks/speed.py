@@ -47,13 +47,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-if __package__:  # python -m benchmarks.speed
-    from .common import RESULTS_DIR, SmallCNN, machine_description, make_learner, median, write_json
-else:  # python benchmarks/speed.py, or imported with benchmarks/ on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from common import RESULTS_DIR, SmallCNN, machine_description, make_learner, median, write_json  # noqa: E402
-
-from byol_wrap.ema import ema_update_  # noqa: E402
+from benchmarks.common import RESULTS_DIR, SmallCNN, machine_description, make_learner, median, write_json
+from byol_wrap.ema import ema_update_
 
 SPEED_CONTESTANTS = ("ideal", "ideal-concat", "byol-wrap", "byol-wrap-per-view", "byol-wrap-concat", "byol-pytorch",
                      "byol-pytorch-classic", "byol-wrap+aug")
@@ -182,6 +177,24 @@ def time_steps(names: Sequence[str], arch: str, image_size: int, batch_size: int
         print(f"{image_size}px round {repeat + 1}/{warmup + steps}: "
               + ", ".join(f"{name} {1e3 * t[-1]:.0f} ms" for name, t in times.items() if t), flush=True)
     return times
+
+
+def augment_stage_times(image_size: int, batch_size: int, repeats: int) -> Dict[str, Dict[str, float]]:
+    """Median milliseconds of each stage of the default T and T' on a batch (which stage dominates)."""
+    from byol_wrap.augment import default_augmentations
+
+    x = torch.rand(batch_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    out: Dict[str, Dict[str, float]] = {}
+    for view, pipeline in zip(("T", "T'"), default_augmentations(image_size)):
+        stages: Dict[str, List[float]] = {}
+        for _ in range(repeats):
+            y = x
+            for i, stage in enumerate(pipeline):
+                start = time.perf_counter()
+                y = stage(y)
+                stages.setdefault(f"{i}:{type(stage).__name__}", []).append(time.perf_counter() - start)
+        out[view] = {name: 1e3 * median(values) for name, values in stages.items()}
+    return out
 
 
 def time_ema(arch: str, repeats: int, hidden: int = 4096) -> Dict[str, float]:
@@ -330,6 +343,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "speed" / "speed.json")
     parser.add_argument("--no-ema", action="store_true", help="skip the EMA micro-benchmark")
+    parser.add_argument("--augment-stages", type=int, default=0, metavar="REPEATS",
+                        help="also time each stage of T and T' alone, REPEATS times per size")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -366,6 +381,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         print(f"EMA: fused {1e3 * ema['fused']:.2f} ms, in-place loop {1e3 * ema['inplace-loop']:.2f} ms, "
               f"byol-pytorch loop {1e3 * ema['byol-pytorch-loop']:.2f} ms", flush=True)
     for size in args.sizes:
+        if args.augment_stages:
+            stages = augment_stage_times(size, args.batch_size, args.augment_stages)
+            payload.setdefault("augment_stage_ms", {})[str(size)] = stages
+            print(f"{size}px augmentation stages (ms): {json.dumps(stages)}", flush=True)
         times = time_steps(args.contestants, args.arch, size, args.batch_size, args.steps, args.warmup, hidden)
         medians = {name: median(values) for name, values in times.items()}
         minimums = {name: min(values) for name, values in times.items()}

@@ -1,7 +1,6 @@
 """``BYOL``: the learner that ties augment -> encode (hook) -> project/predict -> loss -> EMA."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union

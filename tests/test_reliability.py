@@ -6,7 +6,6 @@ messages; checkpoints hold no augmentation state; an exact resume from the user'
 every keyword of byol-pytorch's BYOL is accepted.
 """
 import inspect
-import io
 import subprocess
 import sys
 import warnings
@@ -370,12 +369,13 @@ def test_every_keyword_of_byol_pytorch_is_accepted():
 
 
 # ---------------------------------------------------------------- 9. soak benchmark smoke run
+@pytest.mark.integration
 def test_soak_script_runs(tmp_path):
     out = tmp_path / "soak.json"
     result = subprocess.run(
-        [sys.executable, "benchmarks/soak.py", "--steps", "6", "--sample-every", "2", "--batch-size", "4",
+        [sys.executable, "-m", "benchmarks.soak", "--steps", "6", "--sample-every", "2", "--batch-size", "4",
          "--image-size", "16", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, timeout=300,  # -m from the root: this checkout's byol_wrap
     )
     assert result.returncode == 0, result.stderr
     import json
