@@ -8,7 +8,8 @@ module (forward, forward-pre, backward, backward-pre, state-dict and the global 
 Reported: the RSS drift after warm-up (the first ``--warmup`` fraction of the steps),
 ``(max - min) / min`` of the samples after it, the trend (mean of the later half of those
 samples over the earlier half, minus 1: a leak makes it grow with the steps), and the hooks
-left at the end.
+left at the end; the same for the RSS after glibc's ``malloc_trim(0)`` (freed heap pages
+handed back), which removes the allocator's caching from the figure.
 Target (issue 11): drift within 2 %, 0 hooks.
 
 Usage:
@@ -24,7 +25,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -45,6 +46,28 @@ def rss_mb() -> float:
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def trimmed_rss_mb() -> Optional[float]:
+    """RSS after glibc's ``malloc_trim(0)`` hands freed heap pages back to the system: what the
+    process still holds, without the allocator's caching (None where there is no glibc)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        return None
+    return rss_mb()
+
+
+def drift_and_trend(values: List[float]) -> Tuple[float, float]:
+    """``(max - min) / min`` and mean(later half) / mean(earlier half) - 1."""
+    if not values:
+        return float("nan"), float("nan")
+    half = len(values) // 2
+    drift = (max(values) - min(values)) / min(values)
+    trend = (sum(values[half:]) / len(values[half:])) / (sum(values[:half]) / half) - 1 if half else float("nan")
+    return round(drift, 5), round(trend, 5)
 
 
 def hook_count(module: nn.Module) -> int:
@@ -69,7 +92,13 @@ def soak(steps: int, sample_every: int, batch_size: int, image_size: int, width:
                    projection_size=128, total_steps=steps)
     opt = torch.optim.Adam(byol_param_groups(learner, lr=3e-4))
     data = torch.randint(0, 256, (16, batch_size, 3, image_size, image_size), dtype=torch.uint8)
-    samples: List[Dict[str, Any]] = [{"step": 0, "rss_mb": round(rss_mb(), 2), "hooks": hook_count(learner)}]
+    def sample(step: int) -> Dict[str, Any]:
+        raw = rss_mb()  # before the trim: what the process holds, allocator caches included
+        trimmed = trimmed_rss_mb()
+        return {"step": step, "rss_mb": round(raw, 2), "rss_trimmed_mb": None if trimmed is None else round(trimmed, 2),
+                "hooks": hook_count(learner)}
+
+    samples: List[Dict[str, Any]] = [sample(0)]
     start = time.perf_counter()
     for step in range(1, steps + 1):
         loss = learner(data[step % len(data)])
@@ -78,13 +107,14 @@ def soak(steps: int, sample_every: int, batch_size: int, image_size: int, width:
         opt.step()
         learner.update_moving_average()
         if step % sample_every == 0 or step == steps:
-            samples.append({"step": step, "rss_mb": round(rss_mb(), 2), "hooks": hook_count(learner),
-                            "loss": round(loss.item(), 5), "seconds": round(time.perf_counter() - start, 2)})
-    after = [s["rss_mb"] for s in samples if s["step"] >= warmup * steps and s["step"] > 0]
-    drift = (max(after) - min(after)) / min(after) if after else float("nan")
-    half = len(after) // 2
-    # a leak shows as a trend: mean of the second half of the samples against the first half
-    trend = (sum(after[half:]) / len(after[half:])) / (sum(after[:half]) / half) - 1 if half else float("nan")
+            samples.append({**sample(step), "loss": round(loss.item(), 5),
+                            "seconds": round(time.perf_counter() - start, 2)})
+    window = [s for s in samples if s["step"] >= warmup * steps and s["step"] > 0]
+    after = [s["rss_mb"] for s in window]
+    # a leak shows as a trend: mean of the later half of the samples against the earlier half
+    drift, trend = drift_and_trend(after)
+    trimmed = [s["rss_trimmed_mb"] for s in window if s["rss_trimmed_mb"] is not None]
+    trimmed_drift, trimmed_trend = drift_and_trend(trimmed) if len(trimmed) == len(window) else (None, None)
     return {
         "steps": steps, "sample_every": sample_every, "batch_size": batch_size, "image_size": image_size,
         "width": width, "warmup_fraction": warmup,
@@ -92,7 +122,8 @@ def soak(steps: int, sample_every: int, batch_size: int, image_size: int, width:
                    f"torch.get_num_threads()={torch.get_num_threads()}, torch {torch.__version__}",
         "hooks_on_net_before": hooks_before, "hooks_left": hook_count(learner),
         "rss_first_after_warmup_mb": after[0] if after else None, "rss_last_mb": samples[-1]["rss_mb"],
-        "rss_drift_after_warmup": round(drift, 5), "rss_trend_after_warmup": round(trend, 5),
+        "rss_drift_after_warmup": drift, "rss_trend_after_warmup": trend,
+        "rss_trimmed_drift_after_warmup": trimmed_drift, "rss_trimmed_trend_after_warmup": trimmed_trend,
         "seconds_per_step": round(samples[-1]["seconds"] / steps, 4),
         "samples": samples,
     }
