@@ -13,6 +13,8 @@ sees the whole batch.
 The result is the same as one pass per view, to float rounding: the same outputs and
 gradients, and the same running statistics (each layer updates them once per view, in
 the views' order, exactly as separate passes do; ``SyncBatchNorm`` synchronises per view).
+Only ``_BatchNorm`` subclasses are split: a home-made layer that computes batch statistics
+some other way would see all views at once.
 """
 from __future__ import annotations
 
