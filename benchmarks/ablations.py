@@ -10,9 +10,9 @@ is byol-wrap's default.
 
 Examples (from the repository root)::
 
-    python benchmarks/ablations.py --data ../shared/data/cifar10_small.npz --name base
-    python benchmarks/ablations.py --data ../shared/data/cifar10_small.npz --name pred10 --predictor-lr-scale 10
-    python benchmarks/ablations.py --data ../shared/data/cifar10_small.npz --name tau1 --tau 1.0 --no-schedule
+    python -m benchmarks.ablations --data ../shared/data/cifar10_small.npz --name base
+    python -m benchmarks.ablations --data ../shared/data/cifar10_small.npz --name pred10 --predictor-lr-scale 10
+    python -m benchmarks.ablations --data ../shared/data/cifar10_small.npz --name tau1 --tau 1.0 --no-schedule
 """
 from __future__ import annotations
 
@@ -27,10 +27,8 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, SmallCNN, knn_eval, load_data, resolve_data_path, run_steps  # noqa: E402
-
-from byol_wrap import BYOL, byol_augmentation  # noqa: E402
+from benchmarks.common import RESULTS_DIR, SmallCNN, knn_eval, load_data, resolve_data_path, run_steps
+from byol_wrap import BYOL, byol_augmentation
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -55,7 +53,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--byol-pytorch", action="store_true", help="classic byol-pytorch instead of byol-wrap")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "ablations.jsonl")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "ablations" / "ablations.jsonl")
     return parser.parse_args(argv)
 
 
@@ -102,7 +100,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             print(args.name, "step %d: kNN %.2f%%, loss %.4f" % curve[-1], f"({time.time() - started:.0f} s)", flush=True)
 
     run_steps(learner, optimizer, data["x_train"], args.steps, args.batch_size, args.seed, after_step)
-    result = {"command": "python benchmarks/ablations.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    result = {"command": "python -m benchmarks.ablations " + " ".join(sys.argv[1:] if argv is None else argv),
               "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "curve": curve, "seconds": round(time.time() - started)}
     args.out.parent.mkdir(parents=True, exist_ok=True)

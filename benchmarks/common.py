@@ -1,9 +1,9 @@
 """Shared pieces of the benchmarks: data, the small CNN, the contestants, training and kNN.
 
 Every benchmark script imports this module, so all contestants get the same backbone,
-data, optimizer and evaluation. Run the scripts from the repository root
-(``python benchmarks/quality.py ...``); they put the repository first on ``sys.path``
-so that the working copy of ``byol_wrap`` is the one measured.
+data, optimizer and evaluation. Run the scripts from the repository root as modules
+(``python -m benchmarks.quality ...``): the repository then comes first on ``sys.path``, so
+the working copy of ``byol_wrap`` is the one measured.
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import os
 import platform
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -21,15 +20,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from byol_wrap import BYOL
+from byol_wrap.augment import imagenet_normalize
+from byol_wrap.knn import knn_eval as byol_knn_eval
+from byol_wrap.optim import byol_param_groups
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from byol_wrap import BYOL  # noqa: E402
-from byol_wrap.augment import imagenet_normalize  # noqa: E402
-from byol_wrap.knn import knn_eval as byol_knn_eval  # noqa: E402
-from byol_wrap.optim import byol_param_groups  # noqa: E402
-
 DATA_ENV = "BYOL_WRAP_DATA"
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 CONTESTANTS = ("random", "byol-wrap", "byol-wrap-recipe", "byol-wrap-concat", "byol-pytorch", "byol-pytorch-classic")

@@ -9,7 +9,7 @@ own (input check, BatchNorm snapshot, loss check, EMA weight check, each at the 
 tensors): that figure in milliseconds is the cost per step, the ratio confirms it.
 
 Usage:
-    python benchmarks/finite_checks.py --out benchmarks/results/finite_checks/cpu.json
+    python -m benchmarks.finite_checks --out benchmarks/results/finite_checks/cpu.json
 """
 from __future__ import annotations
 
@@ -27,15 +27,12 @@ import torch
 import torchvision
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from byol_wrap import BYOL  # noqa: E402
-from byol_wrap import checks  # noqa: E402
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from soak import SmallCNN, atomic_write_text  # noqa: E402
+from benchmarks.common import SmallCNN
+from byol_wrap import (
+    BYOL,
+    checks,
+)
+from byol_wrap.io import atomic_write_text
 
 
 def models() -> Dict[str, Callable[[], nn.Module]]:
@@ -53,10 +50,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make(name: str, check_finite: bool, image_size: int, device: torch.device):
+def make(name: str, check_finite: bool, image_size: int, device: torch.device, hidden_size: int = 4096):
     torch.manual_seed(0)
     learner = BYOL(models()[name](), image_size=image_size, hidden_layer=HIDDEN[name],
-                   check_finite=check_finite).to(device)
+                   projection_hidden_size=hidden_size, check_finite=check_finite).to(device)
     return learner, torch.optim.Adam(learner.parameters(), lr=3e-4)
 
 
@@ -93,9 +90,9 @@ def time_checks_alone(learner: BYOL, x: torch.Tensor, repeats: int, device: torc
 
 
 def measure(name: str, batch_size: int, image_size: int, rounds: int, steps_per_round: int,
-            device: torch.device) -> Dict[str, Any]:
-    on, opt_on = make(name, True, image_size, device)
-    off, opt_off = make(name, False, image_size, device)
+            device: torch.device, hidden_size: int = 4096) -> Dict[str, Any]:
+    on, opt_on = make(name, True, image_size, device, hidden_size)
+    off, opt_off = make(name, False, image_size, device, hidden_size)
     x = torch.rand(batch_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(1)).to(device)
     for learner, opt in ((on, opt_on), (off, opt_off)):  # warm-up
         step(learner, opt, x)
@@ -118,6 +115,7 @@ def measure(name: str, batch_size: int, image_size: int, rounds: int, steps_per_
     step_off_ms = statistics.median(times[False]) * 1e3
     return {
         "model": name, "batch_size": batch_size, "image_size": image_size, "device": str(device),
+        "projection_hidden_size": hidden_size,
         "rounds": rounds, "steps_per_round": steps_per_round,
         "step_ms_checks_on": round(statistics.median(times[True]) * 1e3, 2),
         "step_ms_checks_off": round(step_off_ms, 2),
@@ -137,12 +135,13 @@ def main(argv: Any = None) -> int:
     parser.add_argument("--steps-per-round", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--projection-hidden-size", type=int, default=4096)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    results = [measure(m, args.batch_size, args.image_size, args.rounds, args.steps_per_round, device)
-               for m in args.models]
+    results = [measure(m, args.batch_size, args.image_size, args.rounds, args.steps_per_round, device,
+                       args.projection_hidden_size) for m in args.models]
     payload = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                    f"torch.get_num_threads()={torch.get_num_threads()}, torch {torch.__version__}"

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
+import functools
 import gc
 import json
 import platform
@@ -53,12 +53,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from byol_wrap import BYOL
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from byol_wrap import BYOL  # noqa: E402
-
 RESULTS = ROOT / "benchmarks" / "results" / "gpu"
 LIBRARY_ROWS = ("byol-wrap", "byol-wrap-per-view", "byol-wrap-noaug", "byol-pytorch", "byol-pytorch-noaug")
 EXTRA_ROWS = ("augment-share", "jpeg-loader")
@@ -189,7 +186,7 @@ def run_library_row(row: str, compiled: bool, args: argparse.Namespace, device: 
     synchronize(device)
     warmup_s = time.perf_counter() - started
     reset_peak(device)
-    times = [timed(lambda: step(x), device) for _ in range(args.steps)]
+    times = [timed(functools.partial(step, x), device) for _ in range(args.steps)]
     result = summary(times, args.batch_size)
     result.update(peak_memory_mib=peak_mib(device), warmup_s=warmup_s)
     del learner, step

@@ -32,17 +32,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
+import torch
+
+from byol_wrap import BYOL
+from byol_wrap import data as D
+from byol_wrap.models import build_model, default_hidden_layer
+from byol_wrap.optim import byol_param_groups
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from byol_wrap import BYOL  # noqa: E402
-from byol_wrap import data as D  # noqa: E402
-from byol_wrap.models import build_model, default_hidden_layer  # noqa: E402
-from byol_wrap.optim import byol_param_groups  # noqa: E402
-
 DATA_ENV = "BYOL_WRAP_DATA"
 RESULTS = ROOT / "benchmarks" / "results" / "pipeline"
 
@@ -154,7 +151,7 @@ def compare_pipelines(images32: torch.Tensor, side: int, args: argparse.Namespac
         f"{decode_ms:.2f} ms/image (one process); model {args.model}, batch {args.batch_size}, "
         f"{args.steps if side <= 96 else args.steps_large} steps x {args.rounds} rounds per pipeline")
     steps = args.steps if side <= 96 else args.steps_large
-    for name, source in sources.items():  # warm-up: workers started, first batches, allocator
+    for source in sources.values():  # warm-up: workers started, first batches, allocator
         timed_round(trainer, source, 1)
     rounds: Dict[str, List[Dict[str, float]]] = {name: [] for name in sources}
     names = list(sources)
@@ -180,6 +177,46 @@ def compare_pipelines(images32: torch.Tensor, side: int, args: argparse.Namespac
     return {"side": side, "load_size": load, "images": len(files), "jpeg_write_s": write_seconds,
             "decode_ms_per_image": decode_ms, "steps_per_round": steps, "pipelines": summary,
             "default_pipeline": default, "ratio_default_to_memory": ratio}
+
+
+# ----------------------------------------------------------------------------- pretrain itself
+def pretrain_rates(side: int, args: argparse.Namespace, work: Path, log: Callable[[str], None]) -> Dict[str, Any]:
+    """``byol_wrap.pretrain`` on the JPEG folder vs on the same images decoded in memory (uint8 tensor):
+    images/s from its metrics.jsonl (median of the logged windows after the first), interleaved runs."""
+    import contextlib
+    import io as _io
+
+    from byol_wrap import pretrain
+
+    folder = work / f"jpeg{side}"
+    load = D.default_load_size(side)
+    files = D.open_images(folder, load)
+    decoded = torch.stack([D.read_image(p, load) for p in files.paths])
+    inputs = {"memory": decoded, "folder": folder}
+    rates: Dict[str, List[float]] = {name: [] for name in inputs}
+    waits: Dict[str, List[float]] = {name: [] for name in inputs}
+    names = list(inputs)
+    for r in range(args.rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            out = work / f"pretrain_{name}_{r}"
+            with contextlib.redirect_stdout(_io.StringIO()), contextlib.redirect_stderr(_io.StringIO()):
+                pretrain(inputs[name], out, model=args.model, image_size=side, batch_size=args.batch_size,
+                         steps=args.pretrain_steps, log_every=args.pretrain_log_every,
+                         checkpoint_every=args.pretrain_steps, device=args.device, precision=args.precision,
+                         progress=False)
+            rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+            rows = [row for row in rows if "images_per_s" in row][1:] or rows[-1:]  # first window: start-up
+            rates[name].append(statistics.median(row["images_per_s"] for row in rows))
+            waits[name].append(statistics.median(row.get("data_wait", 0.0) for row in rows))
+            log(f"  pretrain round {r + 1} {name:>6}: {rates[name][-1]:7.1f} images/s, "
+                f"data wait {100 * waits[name][-1]:4.1f}%")
+    summary = {name: {"images_per_s": statistics.median(rates[name]), "data_wait": statistics.median(waits[name]),
+                      "rounds": [round(v, 2) for v in rates[name]]} for name in inputs}
+    ratio = summary["folder"]["images_per_s"] / summary["memory"]["images_per_s"]
+    log(f"  pretrain {side} px median: memory {summary['memory']['images_per_s']:.1f} images/s, folder "
+        f"{summary['folder']['images_per_s']:.1f} (default workers); folder / memory = {ratio:.3f}")
+    return {"side": side, "steps": args.pretrain_steps, "log_every": args.pretrain_log_every, "pipelines": summary,
+            "ratio_folder_to_memory": ratio}
 
 
 # ----------------------------------------------------------------------------- monitoring
@@ -214,7 +251,7 @@ def monitoring_cost(images32: torch.Tensor, args: argparse.Namespace, work: Path
     metrics = M.MetricsLog(run_dir)
     metrics.start()
     recorder = M.ProjectionRecorder(trainer.learner.projector)
-    devnull = open(os.devnull, "w")
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - closed at the end of this function
     from tqdm.auto import tqdm
 
     bar = tqdm(total=10**6, file=devnull, unit="step", dynamic_ncols=True, smoothing=0.1)
@@ -336,12 +373,20 @@ def markdown(result: Dict[str, Any]) -> str:
                 label += " (default)"
             lines.append(f"| {entry['side']} px | {entry['load_size']} | {label} | {s['images_per_s']:.1f} | "
                          f"{100 * s['data_wait']:.1f}% | {s['images_per_s'] / memory:.3f} |")
+    pre = result.get("pretrain", {})
+    if "pipelines" in pre:
+        memory, folder = pre["pipelines"]["memory"], pre["pipelines"]["folder"]
+        lines += ["", f"`byol_wrap.pretrain` itself at {pre['side']} px ({pre['steps']} steps per run, images/s from "
+                      f"metrics.jsonl after the first window): in memory {memory['images_per_s']:.1f}"
+                      f", JPEG folder {folder['images_per_s']:.1f} images/s, ratio "
+                      f"**{pre['ratio_folder_to_memory']:.3f}**."]
     mon = result.get("monitoring", {})
     if "share_of_step" in mon:
+        ab_ratio = mon["ab_monitored_seconds_per_step"] / mon["ab_plain_seconds_per_step"]
         lines += ["", f"Monitoring at {mon['image_size']} px: {1000 * mon['monitoring_seconds_per_step']:.3f} ms per "
                       f"step of {1000 * mon['step_seconds']:.1f} ms = **{100 * mon['share_of_step']:.2f}%** (pieces "
                       f"timed alone, a row every {mon['log_every']} and a plot every {mon['plot_every']} steps); "
-                      f"A/B loop: {100 * (mon['ab_monitored_seconds_per_step'] / mon['ab_plain_seconds_per_step'] - 1):+.2f}%."]
+                      f"A/B loop: {100 * (ab_ratio - 1):+.2f}%."]
     scan = result.get("scan")
     if scan:
         lines += ["", f"Scan: {scan['files']} files in {scan['find_image_paths_seconds']:.3f} s (`find_image_paths`, "
@@ -362,6 +407,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--steps-large", type=int, default=2, help="steps per round above 96 px")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--worker-sweep", default="1,2", help="worker counts tried at the smallest size")
+    parser.add_argument("--pretrain-steps", type=int, default=24,
+                        help="steps of each byol_wrap.pretrain run at the smallest size (0: skip that part)")
+    parser.add_argument("--pretrain-log-every", type=int, default=4)
     parser.add_argument("--monitor-size", type=int, default=96)
     parser.add_argument("--monitor-steps", type=int, default=6)
     parser.add_argument("--log-every", type=int, default=10)
@@ -380,6 +428,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         args.images, args.sizes, args.batch_size, args.steps, args.steps_large = 24, "24", 8, 1, 1
         args.rounds, args.worker_sweep, args.monitor_size, args.monitor_steps = 1, str(D.default_workers()), 24, 2
         args.log_every, args.plot_every, args.scan_files = 1, 2, 500
+        args.pretrain_steps, args.pretrain_log_every = 2, 1
         args.model = "byol_wrap/small_cnn:4"
         REPEAT_SCALE["value"] = 0.05
     if args.threads:
@@ -408,6 +457,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         for i, side in enumerate(sizes):
             counts = sweep if i == 0 else [D.default_workers()]
             result["pipelines"].append(compare_pipelines(images32, side, args, work, counts, log))
+        if args.pretrain_steps > 0:
+            log(f"byol_wrap.pretrain at {sizes[0]} px, {args.pretrain_steps} steps per run, {args.rounds} rounds:")
+            try:
+                result["pretrain"] = pretrain_rates(sizes[0], args, work, log)
+            except Exception as error:  # the trainer is developed alongside; keep the other figures
+                log(f"  pretrain failed: {type(error).__name__}: {error}")
+                result["pretrain"] = {"error": f"{type(error).__name__}: {error}"}
         result["monitoring"] = monitoring_cost(images32, args, work, log)
         result["scan"] = scan_cost(args.scan_files, work, log)
     result["load_average_end"] = os.getloadavg()[0]

@@ -13,11 +13,11 @@ Adam over ``learner.parameters()``), ``byol-wrap-recipe`` (the same learner, Ada
 
 Examples (from the repository root)::
 
-    python benchmarks/quality.py --data ../shared/data/cifar10_small.npz --steps 150 \\
+    python -m benchmarks.quality --data ../shared/data/cifar10_small.npz --steps 150 \\
         --lrs 3e-4 2e-3 --seeds 0 1 --out benchmarks/results/quality_short.json
-    python benchmarks/quality.py --data ../shared/data/cifar10_small.npz --steps 600 --eval-every 150 \\
+    python -m benchmarks.quality --data ../shared/data/cifar10_small.npz --steps 600 --eval-every 150 \\
         --contestants byol-wrap byol-pytorch-classic --lrs 2e-3 --seeds 0 --out benchmarks/results/quality_curve.json
-    python benchmarks/quality.py --plot benchmarks/results/quality_curve.json benchmarks/results/quality_short.json \\
+    python -m benchmarks.quality --plot benchmarks/results/quality_curve.json benchmarks/results/quality_short.json \\
         --png benchmarks/results/quality_curve.png
 """
 from __future__ import annotations
@@ -32,8 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from benchmarks.common import (
     CONTESTANTS,
     RESULTS_DIR,
     load_data,
@@ -152,7 +151,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         raise SystemExit("give --data PATH (or set BYOL_WRAP_DATA), or --synthetic")
     data = load_data(path, tuple(args.synthetic_sizes))
     payload: Dict[str, Any] = {
-        "command": "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m benchmarks.quality " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine_description(), "data": str(path) if path else "synthetic",
         "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "runs": [],
     }

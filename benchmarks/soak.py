@@ -6,12 +6,14 @@ synthetic uint8 images, sampling the process's resident set size (RSS, from
 ``/proc/self/statm``) every ``--sample-every`` steps and counting the hooks left on any
 module (forward, forward-pre, backward, backward-pre, state-dict and the global ones).
 Reported: the RSS drift after warm-up (the first ``--warmup`` fraction of the steps),
-``(max - min) / min`` of the samples after it, and the hooks left at the end.
+``(max - min) / min`` of the samples after it, the trend (mean of the later half of those
+samples over the earlier half, minus 1: a leak makes it grow with the steps), and the hooks
+left at the end.
 Target (issue 11): drift within 2 %, 0 hooks.
 
 Usage:
-    python benchmarks/soak.py                                   # 1000 steps
-    python benchmarks/soak.py --out benchmarks/results/soak/soak.json
+    python -m benchmarks.soak                                   # 1000 steps
+    python -m benchmarks.soak --out benchmarks/results/soak/soak.json
 """
 from __future__ import annotations
 
@@ -20,7 +22,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List
@@ -28,33 +29,10 @@ from typing import Any, Dict, List
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from byol_wrap import BYOL  # noqa: E402
-from byol_wrap.optim import byol_param_groups  # noqa: E402
-
-
-class SmallCNN(nn.Module):
-    """4 conv-BN-ReLU blocks (3 followed by max-pooling), global pooling, a classifier BYOL ignores."""
-
-    def __init__(self, width: int = 16) -> None:
-        super().__init__()
-        channels = [3, width, 2 * width, 4 * width, 8 * width]
-        layers: List[nn.Module] = []
-        for i in range(4):
-            layers += [nn.Conv2d(channels[i], channels[i + 1], 3, padding=1, bias=False),
-                       nn.BatchNorm2d(channels[i + 1]), nn.ReLU(inplace=True)]
-            if i < 3:
-                layers.append(nn.MaxPool2d(2))
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.fc = nn.Linear(channels[-1], 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.flatten(self.pool(self.features(x))))
+from benchmarks.common import SmallCNN
+from byol_wrap import BYOL
+from byol_wrap.io import atomic_write_text
+from byol_wrap.optim import byol_param_groups
 
 
 def rss_mb() -> float:
@@ -82,21 +60,6 @@ def hook_count(module: nn.Module) -> int:
     return count
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def soak(steps: int, sample_every: int, batch_size: int, image_size: int, width: int, warmup: float,
          seed: int = 0) -> Dict[str, Any]:
     torch.manual_seed(seed)
@@ -119,6 +82,9 @@ def soak(steps: int, sample_every: int, batch_size: int, image_size: int, width:
                             "loss": round(loss.item(), 5), "seconds": round(time.perf_counter() - start, 2)})
     after = [s["rss_mb"] for s in samples if s["step"] >= warmup * steps and s["step"] > 0]
     drift = (max(after) - min(after)) / min(after) if after else float("nan")
+    half = len(after) // 2
+    # a leak shows as a trend: mean of the second half of the samples against the first half
+    trend = (sum(after[half:]) / len(after[half:])) / (sum(after[:half]) / half) - 1 if half else float("nan")
     return {
         "steps": steps, "sample_every": sample_every, "batch_size": batch_size, "image_size": image_size,
         "width": width, "warmup_fraction": warmup,
@@ -126,7 +92,8 @@ def soak(steps: int, sample_every: int, batch_size: int, image_size: int, width:
                    f"torch.get_num_threads()={torch.get_num_threads()}, torch {torch.__version__}",
         "hooks_on_net_before": hooks_before, "hooks_left": hook_count(learner),
         "rss_first_after_warmup_mb": after[0] if after else None, "rss_last_mb": samples[-1]["rss_mb"],
-        "rss_drift_after_warmup": round(drift, 5), "seconds_per_step": round(samples[-1]["seconds"] / steps, 4),
+        "rss_drift_after_warmup": round(drift, 5), "rss_trend_after_warmup": round(trend, 5),
+        "seconds_per_step": round(samples[-1]["seconds"] / steps, 4),
         "samples": samples,
     }
 

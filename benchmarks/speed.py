@@ -49,13 +49,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-if __package__:  # python -m benchmarks.speed
-    from .common import RESULTS_DIR, SmallCNN, machine_description, make_learner, median, write_json
-else:  # python benchmarks/speed.py, or imported with benchmarks/ on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from common import RESULTS_DIR, SmallCNN, machine_description, make_learner, median, write_json  # noqa: E402
-
-from byol_wrap.ema import ema_update_  # noqa: E402
+from benchmarks.common import RESULTS_DIR, SmallCNN, machine_description, make_learner, median, write_json
+from byol_wrap.ema import ema_update_
 
 SPEED_CONTESTANTS = ("ideal", "ideal-concat", "byol-wrap", "byol-wrap-one-pass", "byol-wrap-per-view",
                      "byol-wrap-concat", "byol-pytorch", "byol-pytorch-classic", "byol-wrap+aug")

@@ -129,7 +129,7 @@ def per_view_batchnorm(*modules: nn.Module, num_views: int = 2) -> Iterator[List
             if previous is _MISSING:
                 layer.__dict__.pop("forward", None)
             else:
-                layer.forward = previous  # type: ignore[method-assign]
+                layer.forward = previous
 
 
 def inside_batchnorm(net: nn.Module, name: Optional[str]) -> Optional[str]:

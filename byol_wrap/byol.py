@@ -1,7 +1,6 @@
 """``BYOL``: the learner that ties augment -> encode (hook) -> project/predict -> loss -> EMA."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -114,9 +113,8 @@ def check_simplicial_embeddings(use_simplicial_embeddings: bool) -> None:
     if use_simplicial_embeddings:
         raise ValueError(
             "use_simplicial_embeddings=True (byol-pytorch's simplicial embedding projector) has no counterpart in "
-            "byol-wrap, which uses the paper's MLP projector; pass use_simplicial_embeddings=False (or leave it "
-            "out): byol-wrap's projector is the paper's MLP. The sem_* keywords only apply with it and are "
-            "ignored otherwise."
+            "byol-wrap, whose projector is the paper's MLP; pass use_simplicial_embeddings=False or leave it out. "
+            "The sem_* keywords only apply with it and are ignored otherwise."
         )
 
 

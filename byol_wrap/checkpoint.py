@@ -20,11 +20,12 @@ Example:
 from __future__ import annotations
 
 import os
-import random
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
+
+from .rng import get_rng_state, set_rng_state  # noqa: F401 - the RNG part of last.pt, re-exported for train.py
 
 FORMAT = "byol-wrap-run"
 VERSION = 1
@@ -51,62 +52,6 @@ class TrainingStopped(RuntimeError):
 
     The command line prints it as one line and exits with code 1.
     """
-
-
-# ----------------------------------------------------------------------------- RNG state
-def get_rng_state() -> Dict[str, Any]:
-    """The process's RNG states, as :func:`byol_wrap.rng.get_rng_state` (used when it exists).
-
-    Example:
-        >>> state = get_rng_state(); a = torch.rand(1); set_rng_state(state)
-        >>> bool(torch.rand(1) == a)
-        True
-    """
-    try:
-        from .rng import get_rng_state as library_get
-    except ImportError:
-        pass
-    else:
-        return library_get()
-    state: Dict[str, Any] = {"python": _python_state_to_plain(random.getstate()), "torch": torch.get_rng_state()}
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover - numpy comes with torch's usual installs
-        pass
-    else:
-        numpy_state: Any = np.random.get_state()
-        kind, keys, pos, has_gauss, gauss = numpy_state
-        state["numpy"] = (str(kind), torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(gauss))
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = [torch.cuda.get_rng_state(i) for i in range(torch.cuda.device_count())]
-    return state
-
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    """Restore what :func:`get_rng_state` returned."""
-    try:
-        from .rng import set_rng_state as library_set
-    except ImportError:
-        pass
-    else:
-        library_set(state)
-        return
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    torch.set_rng_state(state["torch"])
-    if "numpy" in state:
-        import numpy as np
-
-        kind, keys, pos, has_gauss, gauss_value = state["numpy"]
-        np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, gauss_value))
-    for i, cuda_state in enumerate(state.get("cuda", [])):
-        if i < torch.cuda.device_count():
-            torch.cuda.set_rng_state(cuda_state, i)
-
-
-def _python_state_to_plain(state: Any) -> Any:
-    version, internal, gauss = state
-    return (version, list(internal), gauss)
 
 
 # ----------------------------------------------------------------------------- files
@@ -210,7 +155,8 @@ def compare_arguments(saved: Dict[str, Any], current: Dict[str, Any]) -> List[st
 def resume_state(run_dir: os.PathLike, arguments: Dict[str, Any], overwrite: bool) -> Optional[Dict[str, Any]]:
     """The checkpoint to continue from, or ``None`` for a fresh run.
 
-    - no ``last.pt``: ``None``;
+    - no ``last.pt``: ``None`` (a run killed before its first checkpoint starts again), unless an
+      ``encoder.pt`` is there (:class:`RunError`: it would be replaced);
     - ``overwrite``: the run's own files are deleted (:data:`RUN_FILES`, TensorBoard events), ``None``;
     - a finished run, or one with other arguments: :class:`RunError` saying what differs;
     - else the checkpoint.
@@ -224,6 +170,12 @@ def resume_state(run_dir: os.PathLike, arguments: Dict[str, Any], overwrite: boo
         delete_run_files(run_dir)
         return None
     if not path.exists():
+        encoder = Path(run_dir) / "encoder.pt"
+        if encoder.exists():
+            raise RunError(
+                f"{run_dir} holds {encoder.name} but no checkpoint ({path}); a new run would replace that encoder: "
+                f"add --overwrite to start afresh, or choose another --out"
+            )
         return None
     state = load_checkpoint(path)
     differences = compare_arguments(state.get("arguments", {}), arguments)

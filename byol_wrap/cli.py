@@ -193,9 +193,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def console_main() -> None:  # pragma: no cover - the console-script entry point
-    sys.exit(main())
-
-
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

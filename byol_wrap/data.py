@@ -49,8 +49,8 @@ DataArg = Union[str, "os.PathLike[str]", Dataset, Tensor]
 
 __all__ = [
     "IMAGE_EXTENSIONS", "Batch", "ImageFiles", "ImageTensors", "UserImages", "ImageLoader", "UnreadableImageError",
-    "find_images", "find_image_paths", "default_load_size", "default_workers", "read_image", "open_images", "load_labelled",
-    "load_digits", "load_npz_images", "make_loader", "batches_per_epoch", "eval_images", "center_crop",
+    "find_images", "find_image_paths", "default_load_size", "default_workers", "read_image", "open_images",
+    "load_labelled", "load_digits", "load_npz_images", "make_loader", "batches_per_epoch", "eval_images", "center_crop",
     "resize_center_crop", "SkipCollate",
 ]
 
@@ -80,8 +80,8 @@ def find_images(root: Union[str, os.PathLike[str]], extensions: Sequence[str] = 
     Extensions are matched case-insensitively; hidden files and folders (name starting with
     ``.``) are skipped; no file is opened. Symlinked folders are followed once (loops are cut).
     ``root`` may be one image file. The order is a tree listing's: folder by folder, names
-    sorted. :func:`find_image_paths` returns the same as strings, 2-3x faster for 100k files
-    (building ``Path`` objects is most of the cost).
+    sorted. :func:`find_image_paths` returns the same as strings, faster for large folders
+    (building ``Path`` objects is most of the cost; timings in BENCHMARKS.md).
 
     Raises:
         FileNotFoundError: ``root`` does not exist.
@@ -97,7 +97,7 @@ def find_images(root: Union[str, os.PathLike[str]], extensions: Sequence[str] = 
     return [Path(p) for p in find_image_paths(root, extensions)]
 
 
-def find_image_paths(root: Union[str, "os.PathLike[str]"], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> List[str]:
+def find_image_paths(root: Union[str, os.PathLike[str]], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> List[str]:
     """:func:`find_images` as strings (what the datasets store).
 
     Example:
@@ -255,7 +255,8 @@ def read_image(path: Union[str, os.PathLike[str]], load_size: Optional[Size]) ->
             if size is not None and image.format == "JPEG":
                 image.draft("RGB", (size[1], size[0]))  # decode at a reduced scale, still >= size
             image.load()
-            image = ImageOps.exif_transpose(image)
+            if "exif" in image.info or image.format == "TIFF":  # exif_transpose copies even with no EXIF
+                image = ImageOps.exif_transpose(image)
             return _pil_to_tensor(image, size, Image)
     except UnreadableImageError:
         raise
@@ -621,7 +622,8 @@ def _tensor_batch_to_uint8(x: Tensor) -> Tensor:
 
 
 def _decode_all(dataset: Dataset, workers: int, batch_size: int = 64) -> Tuple[Tensor, Tensor, List[Tuple[str, str]]]:
-    loader = make_loader(dataset, batch_size, workers=workers, seed=0, epoch=0, drop_last=False, shuffle=False)
+    loader = make_loader(dataset, batch_size, workers=workers, seed=0, epoch=0, drop_last=False, shuffle=False,
+                         continuous=False)
     images, indices, skipped = [], [], []
     for batch in loader:
         images.append(batch.images)
@@ -749,11 +751,12 @@ class EpochBatchSampler(Sampler):
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         self.epoch, self.skip_batches = int(epoch), int(skip_batches)
 
-    def indices(self) -> List[int]:
-        """This rank's sample order for the current epoch (before skipping)."""
+    def indices(self, epoch: Optional[int] = None) -> List[int]:
+        """This rank's sample order for ``epoch`` (default: the current one), before skipping."""
         n = self.num_images
+        epoch = self.epoch if epoch is None else epoch
         if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
         else:
             order = list(range(n))
         if self.drop_last:
@@ -770,8 +773,29 @@ class EpochBatchSampler(Sampler):
             yield order[b * self.batch_size:(b + 1) * self.batch_size]
 
     def __len__(self) -> int:
-        total = batches_per_epoch(self.num_images, self.batch_size, self.world_size, self.drop_last)
-        return max(0, total - self.skip_batches)
+        return max(0, self.total() - self.skip_batches)
+
+    def total(self) -> int:
+        """Batches in a whole epoch."""
+        return batches_per_epoch(self.num_images, self.batch_size, self.world_size, self.drop_last)
+
+
+class _ContinuousBatchSampler(Sampler):
+    """The batches of every epoch from ``start = (epoch, batch)`` on, without end, so DataLoader
+    workers prefetch across epoch boundaries (no stall at the start of each epoch)."""
+
+    def __init__(self, epochs: EpochBatchSampler) -> None:
+        self.epochs = epochs
+        self.start = (0, 0)
+
+    def __iter__(self) -> Iterator[List[int]]:
+        epoch, skip = self.start
+        size, total = self.epochs.batch_size, self.epochs.total()
+        while True:
+            order = self.epochs.indices(epoch)
+            for b in range(skip, total):
+                yield order[b * size:(b + 1) * size]
+            epoch, skip = epoch + 1, 0
 
 
 class ImageLoader:
@@ -779,7 +803,10 @@ class ImageLoader:
     chooses the epoch's deterministic order and where to start in it (exact resume).
 
     Image files are decoded by ``workers`` persistent DataLoader worker processes; in-memory
-    tensors are indexed directly. With ``strict``, the first unreadable image raises
+    tensors are indexed directly. With ``continuous`` (the default), the workers run ahead into
+    the next epoch: iterating epoch ``e`` to its end and then ``set_epoch(e + 1)`` continues without
+    a stall (any other position restarts the workers' queue there, counted in ``restarts``; the
+    order is the same either way). With ``strict``, the first unreadable image raises
     :class:`UnreadableImageError` (in the caller's process). A batch holds fewer images than
     ``batch_size`` when some were skipped (possibly none: check ``len(batch.images)``).
     Call :meth:`close` to stop the workers.
@@ -787,7 +814,8 @@ class ImageLoader:
 
     def __init__(self, dataset: Dataset, batch_size: int, workers: Optional[int] = None, seed: int = 0,
                  drop_last: bool = True, rank: int = 0, world_size: int = 1, pin_memory: bool = False,
-                 strict: Optional[bool] = None, shuffle: bool = True, prefetch_factor: int = 4) -> None:
+                 strict: Optional[bool] = None, shuffle: bool = True, prefetch_factor: int = 4,
+                 continuous: bool = True) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not 0 <= rank < world_size:
@@ -805,12 +833,16 @@ class ImageLoader:
         self.in_memory = isinstance(dataset, ImageTensors)
         self.workers = 0 if self.in_memory else (default_workers() if workers is None else int(workers))
         self._loader: Optional[DataLoader] = None
+        self._continuous = _ContinuousBatchSampler(self.sampler) if continuous else None
+        self._stream: Optional[Iterator[Batch]] = None  # the continuous DataLoader iterator
+        self._next_position: Optional[Tuple[int, int]] = None  # (epoch, batch) it delivers next
+        self.restarts = 0
         if not self.in_memory:
-            extra: Dict[str, Any] = {}
-            if self.workers > 0:
-                extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor}
-            self._loader = DataLoader(dataset, batch_sampler=self.sampler, num_workers=self.workers,
-                                      collate_fn=SkipCollate(dataset), pin_memory=pin_memory, **extra)
+            extra: Dict[str, Any] = (
+                {"persistent_workers": True, "prefetch_factor": prefetch_factor} if self.workers > 0 else {})
+            self._loader = DataLoader(dataset, batch_sampler=self._continuous or self.sampler,
+                                      num_workers=self.workers, collate_fn=SkipCollate(dataset),
+                                      pin_memory=pin_memory, **extra)
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         """Use epoch ``epoch``'s order from its ``skip_batches``-th batch on, for the next iteration."""
@@ -822,32 +854,53 @@ class ImageLoader:
     def __iter__(self) -> Iterator[Batch]:
         if self.in_memory:
             images = self.dataset.images  # type: ignore[attr-defined]
-            for batch in self.sampler:
-                idx = torch.tensor(batch, dtype=torch.int64)
+            for indices in self.sampler:
+                idx = torch.tensor(indices, dtype=torch.int64)
                 x = images[idx]
                 yield Batch(x.pin_memory() if self.pin_memory else x, idx, [])
             return
         if self._loader is None:
             raise RuntimeError("this ImageLoader was closed")
-        for batch in self._loader:
+        batches: Iterator[Batch]
+        if self._continuous is None:
+            batches = iter(self._loader)
+        else:
+            epoch, skip = self.sampler.epoch, self.sampler.skip_batches
+            if self._stream is None or self._next_position != (epoch, skip):
+                self._continuous.start = (epoch, skip)
+                self._stream = iter(self._loader)  # (re)starts the workers' queue at (epoch, skip)
+                self.restarts += 1
+                self._next_position = (epoch, skip)
+            batches = self._epoch_of(self._stream, epoch, skip, self.sampler.total())
+        for batch in batches:
             if self.strict and batch.skipped:
                 raise UnreadableImageError(*batch.skipped[0])
             yield batch
 
+    def _epoch_of(self, stream: Iterator[Batch], epoch: int, skip: int, total: int) -> Iterator[Batch]:
+        for b in range(skip, total):
+            batch = next(stream)
+            self._next_position = (epoch, b + 1) if b + 1 < total else (epoch + 1, 0)
+            yield batch
+
     def close(self) -> None:
         """Stop the worker processes (they also stop when the loader is garbage-collected)."""
+        self._stream = None
+        self._next_position = None
         self._loader = None
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: Optional[int] = None, seed: int = 0, epoch: int = 0,
                 drop_last: bool = True, rank: int = 0, world_size: int = 1, pin_memory: bool = False,
-                skip_batches: int = 0, strict: Optional[bool] = None, shuffle: bool = True) -> ImageLoader:
+                skip_batches: int = 0, strict: Optional[bool] = None, shuffle: bool = True,
+                continuous: bool = True) -> ImageLoader:
     """An :class:`ImageLoader` positioned at ``epoch``, ``skip_batches`` batches in.
 
     The order is a permutation seeded by ``seed + epoch``; rank ``r`` of ``world_size`` gets
     ``perm[r::world_size]`` (like ``DistributedSampler`` with ``set_epoch``), so the ranks'
     shards are disjoint and together make the epoch. ``workers=None``: :func:`default_workers`.
-    Reuse the loader across epochs with ``loader.set_epoch(epoch)`` (workers stay alive).
+    Reuse the loader across epochs with ``loader.set_epoch(epoch)`` (workers stay alive and, with
+    ``continuous``, run ahead into the next epoch; pass ``continuous=False`` for a single pass).
 
     Example:
         >>> ds = open_images(torch.zeros(10, 3, 4, 4, dtype=torch.uint8), None)
@@ -855,6 +908,6 @@ def make_loader(dataset: Dataset, batch_size: int, workers: Optional[int] = None
         [[0, 1, 2, 3], [4, 5, 6, 7]]
     """
     loader = ImageLoader(dataset, batch_size, workers, seed, drop_last, rank, world_size, pin_memory, strict,
-                         shuffle)
+                         shuffle, continuous=continuous)
     loader.set_epoch(epoch, skip_batches)
     return loader

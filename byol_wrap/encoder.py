@@ -330,7 +330,8 @@ def embed_images(
     size = image_size if isinstance(image_size, int) else tuple(image_size)
     dataset = open_images(data, default_load_size(size), strict=strict)
     loader = make_loader(dataset, min(batch_size, len(dataset)), workers=workers, drop_last=False,  # type: ignore[arg-type]
-                         shuffle=False, strict=strict, pin_memory=torch.device(device).type == "cuda")
+                         shuffle=False, strict=strict, pin_memory=torch.device(device).type == "cuda",
+                         continuous=False)
     describe = getattr(dataset, "describe", lambda i: f"dataset[{i}]")
     paths: List[str] = []
     chunks: List[Tensor] = []

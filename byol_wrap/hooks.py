@@ -166,7 +166,7 @@ class RepresentationExtractor:
         self.early_exit = early_exit
         self.pooling = pooling
 
-    def raw(self, net: nn.Module, x: Tensor) -> Tensor:
+    def raw(self, net: nn.Module, x: Tensor) -> Any:
         """The layer's output before pooling (for ``layer=None`` with ``pool_fn``: the net's
         output as returned, a tuple included, so that ``pool_fn`` can pick from it)."""
         if self.layer is None:

@@ -12,6 +12,7 @@ API:
     atomic_save(obj, path)            torch.save
     load_torch_file(path, what)       torch.load(weights_only=True, map_location="cpu") with clear errors
     safe_torch_load                   alias of load_torch_file
+    remove_temporary_files(path)      delete the temporary files a killed writer of ``path`` left behind
 
 Example:
     >>> import tempfile, torch
@@ -22,6 +23,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -32,7 +34,7 @@ import torch
 PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_save", "load_torch_file",
-           "safe_torch_load", "fsync_dir"]
+           "safe_torch_load", "fsync_dir", "temporary_files", "remove_temporary_files"]
 
 
 def fsync_dir(folder: PathLike) -> None:
@@ -47,6 +49,37 @@ def fsync_dir(folder: PathLike) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def temporary_files(path: PathLike) -> list[Path]:
+    """The temporary files :func:`atomic_write` makes for ``path`` (``.<name>.<random>.tmp`` in its
+    folder) that a writer killed mid-write (``kill -9``) left behind; sorted."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        return []
+    prefix = f".{path.name}."
+    return sorted(p for p in folder.iterdir() if p.name.startswith(prefix) and p.name.endswith(".tmp") and p.is_file())
+
+
+def remove_temporary_files(path: PathLike) -> int:
+    """Delete :func:`temporary_files` of ``path`` (call it at start-up, before writing); returns how many.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / ".last.pt.abc123.tmp").write_bytes(b"half")
+        >>> remove_temporary_files(folder / "last.pt"), sorted(folder.iterdir())
+        (1, [])
+    """
+    removed = 0
+    for leftover in temporary_files(path):
+        try:
+            leftover.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed
 
 
 def _umask() -> int:
@@ -81,10 +114,8 @@ def atomic_write(path: PathLike, writer: Callable[[IO[bytes]], Any]) -> Path:
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp_name, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp_name)
-        except OSError:
-            pass
         raise
     fsync_dir(folder)
     return path

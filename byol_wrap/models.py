@@ -99,13 +99,13 @@ def _build_timm(name: str, image_size: Optional[int]) -> nn.Module:
         raise _unknown("timm", name, timm.list_models(), "timm/")
     if image_size is not None:
         try:
-            sized: nn.Module = timm.create_model(name, pretrained=False, num_classes=0, img_size=int(image_size))
-            return sized
+            net: nn.Module = timm.create_model(name, pretrained=False, num_classes=0, img_size=int(image_size))
+            return net
         except TypeError as error:  # convnets take no img_size
             if "img_size" not in str(error):
                 raise
-    net: nn.Module = timm.create_model(name, pretrained=False, num_classes=0)
-    return net
+    headless: nn.Module = timm.create_model(name, pretrained=False, num_classes=0)
+    return headless
 
 
 def _import_callable(spec: str) -> Any:

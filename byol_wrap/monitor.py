@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# 0.1: a tenth of the healthy value. Healthy BYOL runs stay between about 0.5 and 1 (digits and CIFAR
-# runs of small_cnn measured 0.6-1.0); a batch at 0.1 keeps 1 % of the spread (variance) of a healthy
+# 0.1: a tenth of the healthy value. Healthy BYOL runs stay between about 0.5 and 1 (the measured
+# digits and CIFAR runs: BENCHMARKS.md); a batch at 0.1 keeps 1 % of the spread (variance) of a healthy
 # one, far below anything a learning run passes through, and a fully collapsed run reaches ~0 within
 # a few hundred steps, so the warning fires before much time is lost.
 COLLAPSE_THRESHOLD = 0.1
@@ -114,9 +114,9 @@ class MetricsLog:
         self._open_tensorboard(purge_step=step + 1)
 
     def start(self) -> None:
-        """A fresh run: no rows."""
+        """A fresh run: no rows (events of a run killed before its first checkpoint are hidden)."""
         self.rows = []
-        self._open_tensorboard(purge_step=None)
+        self._open_tensorboard(purge_step=0)
 
     def _open_tensorboard(self, purge_step: Optional[int]) -> None:
         if not self._want_tensorboard or self._writer is not None:

@@ -25,7 +25,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 import torch
 from torch import Tensor, nn
@@ -78,7 +78,12 @@ class _World:
         self.distributed = self.size > 1
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except RuntimeError as error:
+            raise RunError(f"--device {device!r} is not a device torch knows (cpu, cuda, cuda:1, mps...)") from error
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RunError(f"--device {device} asked for, but torch sees no CUDA device here; use --device cpu")
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", self.local_rank if self.distributed else torch.cuda.current_device())
         if self.device.type == "cuda":
@@ -323,8 +328,8 @@ class _Run:
             self.total_steps = _positive_int("steps", options["steps"])
         else:
             epochs = options["epochs"]
-            if epochs is None:
-                epochs = None if self.is_digits else DEFAULT_EPOCHS
+            if epochs is None and not self.is_digits:
+                epochs = DEFAULT_EPOCHS
             self.total_steps = (DIGITS_STEPS if epochs is None
                                 else _positive_int("epochs", epochs) * self.batches_per_epoch)
         self.checkpoint_every = _positive_int(
@@ -339,7 +344,7 @@ class _Run:
         try:
             import numpy as np
 
-            np.random.seed(seed)
+            np.random.seed(seed)  # noqa: NPY002 - the global generator user code may draw from
         except ImportError:  # pragma: no cover
             pass
 
@@ -416,6 +421,8 @@ class _Run:
         from .optim import byol_param_groups, lars_optimizer, scaled_lr, warmup_cosine_scheduler
 
         warmup = min(self.total_steps, max(1, round(WARMUP_SHARE * self.total_steps)))
+        if self.options["lr"] is not None and not self.options["lr"] > 0:
+            raise RunError(f"--lr must be positive, got {self.options['lr']}")
         if self.options["optimizer"] == "lars":
             lr = self.options["lr"] or scaled_lr(self.batch_size * self.world.size)
             optimizer = lars_optimizer(self.learner, lr=lr)
@@ -513,8 +520,8 @@ class _Run:
 
         def encode(x: Tensor) -> Tensor:
             with _autocast(self.precision, self.device):
-                features: Tensor = learner(x.to(self.device), return_embedding=True, return_projection=False)
-                return features.float()
+                representation: Tensor = learner(x.to(self.device), return_embedding=True, return_projection=False)
+                return representation.float()
 
         try:
             with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
@@ -537,27 +544,24 @@ class _Run:
     def _augmentation_plot(self) -> None:
         from .monitor import plot_augmentations
 
-        images = []
+        found: List[Tensor] = []
         for index in range(min(len(self.dataset), 64)):
             image = self.dataset[index][0]
             if image is not None:
-                images.append(image)
-            if len(images) == 8:
+                found.append(image)
+            if len(found) == 8:
                 break
-        if not images:
+        if not found:
             return
-        batch = torch.stack(images)
+        images = torch.stack(found)
         learner = self.learner
         with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []), \
                 torch.no_grad():
-            x = batch.to(self.device)
+            x = images.to(self.device)
             x = x.float() / 255 if x.dtype == torch.uint8 else x
             view1, view2 = learner.augment1(x), learner.augment2(x)
-        normalize = None
-        last: Any = list(learner.augment1)[-1] if isinstance(learner.augment1, nn.Sequential) else None
-        if last is not None and type(last).__name__ == "Normalize":
-            normalize = (last.flags["mean"].flatten().tolist(), last.flags["std"].flatten().tolist())
-        plot_augmentations(batch, view1, view2, self.out / "plots" / "augmentations.png", normalize)
+        # the views are shown before the learner's normalisation, as the net's input minus that last step
+        plot_augmentations(images, view1, view2, self.out / "plots" / "augmentations.png")
 
     def _say(self, message: str) -> None:
         if self.verbose:
@@ -615,6 +619,7 @@ class _Run:
         step_sleep = float(os.environ.get("BYOL_WRAP_TEST_STEP_SLEEP", "0"))  # test hook: time to kill -9 a run
         iterator = None
         empty_batches = 0
+        collapse_warned: Optional[int] = None
         try:
             while self.step < self.total_steps:
                 if iterator is None:
@@ -664,7 +669,9 @@ class _Run:
                            "collapse": collapse, "skipped": len(self.skipped)}
                     self.elapsed += seconds
                     window_start, data_wait, window_images = now, 0.0, 0
-                    if collapse is not None and collapse < COLLAPSE_THRESHOLD:
+                    if collapse is not None and collapse < COLLAPSE_THRESHOLD and (
+                            collapse_warned is None or self.step - collapse_warned >= self.checkpoint_every):
+                        collapse_warned = self.step  # loud, but once per checkpoint interval
                         self._warn(f"WARNING: the representations may be collapsing: collapse metric {collapse:.3f} "
                                    f"< {COLLAPSE_THRESHOLD} at step {self.step} (healthy runs stay near 1). "
                                    f"Try a lower --lr, a larger --batch-size or another --hidden-layer.")
@@ -694,7 +701,7 @@ class _Run:
         images = images.to(self.device, non_blocking=True)
         with _autocast(self.precision, self.device):
             try:
-                loss: Tensor = self.model(images)
+                loss = self.model(images)
             except (RuntimeError, ValueError) as error:
                 if "finite" in str(error).lower() or "nan" in str(error).lower():
                     self._diverged(str(error).splitlines()[0])
@@ -712,7 +719,7 @@ class _Run:
         self.step_lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         self.step_tau = self.learner.update_moving_average()
-        return loss.detach()
+        return cast(Tensor, loss.detach())
 
     def _diverged(self, what: str) -> None:
         path = checkpoint_path(self.out)

@@ -141,14 +141,12 @@ def test_restores_every_module_exactly_also_after_an_exception():
         assert "forward" in vars(net[1])
         net(torch.cat(views_2d()))
     assert state_vars(net) == before
-    with pytest.raises(ZeroDivisionError):
-        with per_view_batchnorm(net):
-            1 / 0
+    with pytest.raises(ZeroDivisionError), per_view_batchnorm(net):
+        1 / 0
     assert state_vars(net) == before
     # an error from a layer (odd batch) inside the block restores too
-    with pytest.raises(ValueError, match="does not split into 2 views"):
-        with per_view_batchnorm(net):
-            net(torch.rand(5, 3, 8, 8))
+    with pytest.raises(ValueError, match="does not split into 2 views"), per_view_batchnorm(net):
+        net(torch.rand(5, 3, 8, 8))
     assert state_vars(net) == before
     assert type(net[1]).forward is nn.BatchNorm2d.forward
 
@@ -191,12 +189,10 @@ def test_shared_layers_once_and_nested_roots():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="num_views"):
-        with per_view_batchnorm(nn.BatchNorm1d(2), num_views=0):
-            pass
-    with pytest.raises(TypeError, match="nn.Module"):
-        with per_view_batchnorm(torch.zeros(2)):
-            pass
+    with pytest.raises(ValueError, match="num_views"), per_view_batchnorm(nn.BatchNorm1d(2), num_views=0):
+        pass
+    with pytest.raises(TypeError, match="nn.Module"), per_view_batchnorm(torch.zeros(2)):
+        pass
     layer = nn.BatchNorm1d(2)
     with per_view_batchnorm(layer, num_views=1) as layers:  # one view: nothing to split
         assert layers == [] and "forward" not in vars(layer)
@@ -225,7 +221,7 @@ def test_torchvision_resnet18():
 
 
 def test_inside_batchnorm():
-    timm = pytest.importorskip("timm")
+    pytest.importorskip("timm")
     from timm.layers import BatchNormAct2d
 
     net = nn.Sequential(nn.Conv2d(3, 4, 3), BatchNormAct2d(4, act_layer=nn.ReLU))

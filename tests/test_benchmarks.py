@@ -10,13 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-
-import ablations  # noqa: E402
-import common  # noqa: E402
-import quality  # noqa: E402
-import speed  # noqa: E402
+from benchmarks import ablations, common, quality, speed
 
 
 def test_knn_eval_separates_classes_that_differ_in_brightness():
@@ -120,7 +114,7 @@ def test_paired_ratios_cancel_a_load_change_between_rounds():
 @pytest.mark.slow
 def test_gpu_script_tiny_cpu_smoke(tmp_path):
     """benchmarks/gpu.py --tiny --device cpu: every kind of row runs (compiled with aot_eager)."""
-    import gpu
+    from benchmarks import gpu
 
     out = tmp_path / "gpu.json"
     payload = gpu.main(["--tiny", "--device", "cpu", "--rows", "byol-wrap", "byol-pytorch-noaug", "augment-share",
@@ -137,11 +131,13 @@ def test_gpu_script_tiny_cpu_smoke(tmp_path):
     assert "| byol-wrap | compiled |" in table and "Default augmentations" in table
 
 
+@pytest.mark.integration
 def test_benchmarks_run_as_modules():
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
-    for name in ("speed", "gpu"):
+    for name in ("speed", "gpu", "quality", "ablations", "soak", "finite_checks", "pipeline", "early_exit",
+                 "compile_amp"):
         result = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", "--help"], cwd=root, capture_output=True,
                                 text=True, timeout=300)
         assert result.returncode == 0 and "usage" in result.stdout, result.stderr[-2000:]

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("tqdm")
 pytest.importorskip("matplotlib")
@@ -141,7 +140,7 @@ def test_missing_extra_names_the_pip_command(capsys, images, tmp_path, monkeypat
 
 
 def test_layers_prints_the_library_table(capsys):
-    from byol_wrap.hooks import format_layers, list_layers
+    from byol_wrap.layers import format_layers, list_layers
     from byol_wrap.models import small_cnn
 
     assert main(["layers", "byol_wrap/small_cnn", "--image-size", "16"]) == 0
@@ -149,6 +148,7 @@ def test_layers_prints_the_library_table(capsys):
     assert capsys.readouterr().out.strip() == expected.strip()
 
 
+@pytest.mark.integration
 def test_module_entry_point_without_traceback_and_lazy_imports(tmp_path):
     """``python -m byol_wrap``: a bad input is one line and exit 2; ``import byol_wrap`` alone loads no job module."""
     script = (

@@ -316,3 +316,28 @@ def test_eval_images():
     assert D.eval_images(x, 16).shape == (2, 3, 16, 16)
     assert D.default_load_size(224) == 256 and D.default_load_size(32) == 37
     assert 1 <= D.default_workers() <= 4
+
+
+def test_continuous_loader_runs_across_epochs_without_restarting(tmp_path):
+    for i in range(10):
+        Image.new("RGB", (4, 4), (i, 0, 0)).save(tmp_path / f"{i}.png")
+    files = D.open_images(tmp_path, 4)
+    def fresh(epoch, skip=0):
+        loader = D.make_loader(files, 3, workers=0, seed=4, epoch=epoch, skip_batches=skip, continuous=False)
+        return [b.indices.tolist() for b in loader]
+
+    loader = D.make_loader(files, 3, workers=1, seed=4, epoch=0)
+    seen = []
+    for epoch in range(3):  # the trainer's pattern: set_epoch, iterate the epoch, next epoch
+        loader.set_epoch(epoch)
+        seen.append([b.indices.tolist() for b in loader])
+    assert seen == [fresh(0), fresh(1), fresh(2)] and loader.restarts == 1  # one stream, 3 epochs
+    loader.set_epoch(3)
+    iterator = iter(loader)
+    first = next(iterator).indices.tolist()
+    del iterator  # abandoned mid-epoch (a run stopping at its last step)...
+    loader.set_epoch(3, skip_batches=1)  # ...and resumed right there: same stream
+    assert [first] + [b.indices.tolist() for b in loader] == fresh(3) and loader.restarts == 1
+    loader.set_epoch(7, skip_batches=2)  # any other position restarts the queue there
+    assert [b.indices.tolist() for b in loader] == fresh(7, 2) and loader.restarts == 2
+    loader.close()

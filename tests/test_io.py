@@ -1,6 +1,7 @@
 """byol_wrap.io: atomic writes leave the old file or the new one, never a mix or a temp file;
 load_torch_file names the file and the problem."""
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -105,3 +106,36 @@ def test_unreadable_files_get_one_clear_error(tmp_path, make):
     assert "\n" not in message
     if make is _empty:
         assert "empty" in message
+
+
+@pytest.mark.integration
+def test_kill_9_during_writes_leaves_old_or_new(tmp_path):
+    """A writer killed with SIGKILL at a random moment: the file loads as one complete version."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from byol_wrap.io import remove_temporary_files, temporary_files
+
+    path = tmp_path / "last.pt"
+    atomic_save({"version": -1, "w": torch.zeros(200_000)}, path)
+    code = ("import sys, torch; from byol_wrap.io import atomic_save\n"
+            "for i in range(10**6):\n"
+            "    atomic_save({'version': i, 'w': torch.full((200_000,), float(i))}, sys.argv[1])\n"
+            "    print(i, flush=True)\n")
+    root = Path(__file__).resolve().parents[1]
+    for delay in (0.5,):  # one kill: a subprocess start costs seconds on the shared CPU
+        proc = subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=root, stdout=subprocess.PIPE,
+                                env={**os.environ, "PYTHONPATH": str(root)})
+        proc.stdout.readline()  # one write done: the writer is in its loop
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        state = load_torch_file(path, "checkpoint")
+        assert torch.equal(state["w"], torch.full((200_000,), float(state["version"])))
+        remove_temporary_files(path)  # a kill mid-write leaves its temporary file; start-up removes it
+        assert temporary_files(path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]

@@ -155,6 +155,7 @@ def test_timm_headless_model_takes_a_classifier_checkpoint(tmp_path):
     assert torch.equal(net.conv1.weight, full.conv1.weight)
 
 
+@pytest.mark.integration
 def test_core_import_stays_light():
     code = ("import sys, byol_wrap, byol_wrap.io, byol_wrap.models, byol_wrap.data, byol_wrap.encoder\n"
             "print(sorted(m for m in ('PIL', 'timm', 'sklearn', 'matplotlib', 'tensorboard') if m in sys.modules))")

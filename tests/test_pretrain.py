@@ -102,7 +102,8 @@ def test_encoder_loads_and_embeds(folder_run, tmp_path):
 
     root, out, encoder, broken = folder_run
     target = tmp_path / "emb.npz"
-    assert main(["embed", str(encoder), str(root), "--out", str(target), "--no-progress", "--workers", "0"]) == 0
+    with pytest.warns(UserWarning, match="3 unreadable image"):
+        assert main(["embed", str(encoder), str(root), "--out", str(target), "--no-progress", "--workers", "0"]) == 0
     with np.load(target, allow_pickle=False) as saved:
         paths, embeddings = list(saved["paths"]), saved["embeddings"]
     readable = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in (".png", ".jpg")
@@ -226,3 +227,35 @@ def test_resume_decisions(tmp_path):
     assert (out / "my_notes.txt").read_text() == "keep me" and (out / "plots" / "mine.png").exists()
     assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 2
     assert resume_state(tmp_path / "elsewhere", {}, overwrite=False) is None
+
+
+def test_encoder_without_checkpoint_is_not_replaced(tmp_path):
+    data = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "encoder.pt").write_bytes(b"the user's earlier encoder")
+    with pytest.raises(RunError, match="encoder.pt but no checkpoint"):
+        pretrain(data, out=out, steps=1, **SMALL)
+    assert (out / "encoder.pt").read_bytes() == b"the user's earlier encoder"
+
+
+class ConstantNet(nn.Module):
+    """Maps every image to the same learned vector: the projections of a batch are identical (collapsed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.vector = nn.Parameter(torch.randn(8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vector.expand(x.shape[0], -1) + 0 * x.mean()
+
+
+def test_a_collapsed_run_warns_loudly(tmp_path, capsys):
+    data = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8)
+    pretrain(data, out=tmp_path / "run", model=ConstantNet(), hidden_layer=-1, steps=4, log_every=1,
+             checkpoint_every=2, **SMALL)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(row["collapse"] < 1e-3 for row in rows)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "collapsing" in line]
+    assert len(warnings) == 2, "once per checkpoint interval while it lasts"
+    assert warnings[0].startswith("WARNING") and "step 1" in warnings[0] and "< 0.1" in warnings[0]

@@ -1,5 +1,5 @@
 """Property-based check (issue 11, item 7): over batch sizes, channel counts, image sizes, hidden
-layers, default or custom augmentations and ``concat_views``, every input either trains (finite
+layers, default or custom augmentations and ``view_batching`` (``concat_views``), every input either trains (finite
 loss in [0, 8], the target without gradient, without optimizer state and unchanged by the
 optimizer step) or raises a clear error (ValueError/TypeError with a message), never an assert,
 an IndexError or a raw torch error."""
@@ -50,14 +50,15 @@ def flip(x):
     data_size=st.sampled_from([None, None, None, 8, 17]),  # None: image_size
     hidden_layer=st.one_of(st.sampled_from(VALID_LAYERS), st.sampled_from(LAYERS)),
     custom=st.booleans(),
-    concat_views=st.booleans(),
+    view_batching=st.sampled_from(["auto", "per_view", "one_pass", "concat"]),
     train=st.sampled_from([True, True, False]),
     uint8=st.booleans(),
 )
 def test_every_input_trains_or_raises_a_clear_error(batch, net_channels, data_channels, image_size, data_size,
-                                                    hidden_layer, custom, concat_views, train, uint8):
+                                                    hidden_layer, custom, view_batching, train, uint8):
     torch.manual_seed(0)
-    options = dict(hidden_layer=hidden_layer, projection_size=4, projection_hidden_size=8, concat_views=concat_views)
+    options = dict(hidden_layer=hidden_layer, projection_size=4, projection_hidden_size=8,
+                   view_batching=view_batching)
     if custom:
         options["augment_fn"] = flip
     try:

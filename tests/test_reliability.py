@@ -6,7 +6,6 @@ messages; checkpoints hold no augmentation state; an exact resume from the user'
 every keyword of byol-pytorch's BYOL is accepted.
 """
 import inspect
-import io
 import subprocess
 import sys
 import warnings
@@ -370,12 +369,13 @@ def test_every_keyword_of_byol_pytorch_is_accepted():
 
 
 # ---------------------------------------------------------------- 9. soak benchmark smoke run
+@pytest.mark.integration
 def test_soak_script_runs(tmp_path):
     out = tmp_path / "soak.json"
     result = subprocess.run(
-        [sys.executable, "benchmarks/soak.py", "--steps", "6", "--sample-every", "2", "--batch-size", "4",
+        [sys.executable, "-m", "benchmarks.soak", "--steps", "6", "--sample-every", "2", "--batch-size", "4",
          "--image-size", "16", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, timeout=300,  # -m from the root: this checkout's byol_wrap
     )
     assert result.returncode == 0, result.stderr
     import json
@@ -383,4 +383,21 @@ def test_soak_script_runs(tmp_path):
     data = json.loads(out.read_text())
     assert [s["step"] for s in data["samples"]] == [0, 2, 4, 6]
     assert data["hooks_left"] == 0 and all(s["rss_mb"] > 0 for s in data["samples"])
-    assert "rss_drift_after_warmup" in data
+    assert "rss_drift_after_warmup" in data and "rss_trend_after_warmup" in data
+
+
+def test_finite_checks_benchmark_runs(tmp_path):
+    out = tmp_path / "cpu.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.finite_checks", "--models", "small_cnn_w32", "--batch-size", "4",
+         "--image-size", "16", "--rounds", "2", "--steps-per-round", "1", "--projection-hidden-size", "64",
+         "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    import json
+
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["step_ms_checks_on"] > 0 and row["median_ratio_on_off"] > 0
+    assert set(row["checks_alone_ms"]) == {"input_check", "batchnorm_snapshot", "loss_check", "ema_weight_check",
+                                           "total"}

@@ -81,6 +81,7 @@ def assert_resumed_equal(out: Path, data: Path, reference: dict, resumed_from: i
     assert state["step"] == STEPS and state["finished"]
 
 
+@pytest.mark.integration
 def test_kill_9_after_a_checkpoint_then_resume(data, reference, tmp_path):
     out = tmp_path / "run"
     # slow each step down (test hook) so the kill lands while the run is still going
@@ -103,6 +104,7 @@ def test_kill_9_after_a_checkpoint_then_resume(data, reference, tmp_path):
     assert_resumed_equal(out, data, reference, step)
 
 
+@pytest.mark.integration
 def test_kill_9_during_a_checkpoint_write_then_resume(data, reference, tmp_path):
     out = tmp_path / "run"
     # test hook: at the step-9 checkpoint the process writes half of the temporary file and SIGKILLs itself

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from byol_wrap import BYOL
+
 from helpers import assert_close_scaled, magnitude
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -158,7 +159,7 @@ def test_default_and_options():
 
 def test_hidden_layer_inside_a_batchnorm_module():
     """timm's BatchNormAct2d runs its act once per view in one pass: auto falls back to per view."""
-    timm = pytest.importorskip("timm")
+    pytest.importorskip("timm")
     from timm.layers import BatchNormAct2d
 
     net = nn.Sequential(nn.Conv2d(3, 4, 3), BatchNormAct2d(4, act_layer=nn.ReLU), nn.AdaptiveAvgPool2d(1),
