@@ -13,6 +13,8 @@ sees the whole batch.
 The result is the same as one pass per view, to float rounding: the same outputs and
 gradients, and the same running statistics (each layer updates them once per view, in
 the views' order, exactly as separate passes do; ``SyncBatchNorm`` synchronises per view).
+Only ``_BatchNorm`` subclasses are split: a home-made layer that computes batch statistics
+some other way would see all views at once.
 """
 from __future__ import annotations
 
@@ -151,12 +153,21 @@ def inside_batchnorm(net: nn.Module, name: Optional[str]) -> Optional[str]:
     return None
 
 
+#: ``view_batching="auto"`` runs the views in one pass up to this many pixels per view (64 x 64): measured on a
+#: CPU (BENCHMARKS.md), one pass was faster at 32 px, equal at 64 px and slower than one forward per view at 96 px
+#: (the split and concatenation at every BatchNorm layer copy the activations).
+ONE_PASS_MAX_PIXELS = 64 * 64
+
+
 def resolve_view_batching(view_batching: str, concat_views: Optional[bool], net: nn.Module,
-                          hidden_layer: Optional[str]) -> str:
+                          hidden_layer: Optional[str], input_shape: Optional[Tuple[int, ...]] = None) -> str:
     """``"one_pass"``, ``"per_view"`` or ``"concat"``: BYOL's ``view_batching`` (and deprecated ``concat_views``).
 
-    ``"auto"`` is ``"one_pass"`` unless ``hidden_layer`` (a resolved dotted name) lies inside a
-    BatchNorm module, which one-pass mode runs once per view; then ``"per_view"``.
+    ``"auto"`` is ``"one_pass"`` for inputs of at most :data:`ONE_PASS_MAX_PIXELS` per
+    channel (``input_shape`` is ``(C, ...)``; unknown counts as small), else ``"per_view"``;
+    both compute the same thing, so the choice is about speed only. A ``hidden_layer``
+    (resolved dotted name) inside a BatchNorm module, which one-pass mode runs once per
+    view, always gives ``"per_view"``.
 
     Raises:
         ValueError: for an unknown value, ``"one_pass"`` with such a hidden layer, or
@@ -177,7 +188,10 @@ def resolve_view_batching(view_batching: str, concat_views: Optional[bool], net:
             return "concat"
     container = inside_batchnorm(net, hidden_layer)
     if view_batching == "auto":
-        return "per_view" if container is not None else "one_pass"
+        pixels = 1
+        for side in (input_shape or (1,))[1:]:
+            pixels *= int(side)
+        return "one_pass" if container is None and pixels <= ONE_PASS_MAX_PIXELS else "per_view"
     if view_batching == "one_pass" and container is not None:
         raise ValueError(
             f"view_batching='one_pass' cannot read hidden_layer={hidden_layer!r}: it lies inside the BatchNorm "

@@ -172,8 +172,9 @@ class BYOL(nn.Module):
             paper's per-view passes, same loss, gradients and running statistics, computed in
             one pass; see :func:`byol_wrap.batchnorm.per_view_batchnorm`). ``"per_view"``: one
             forward per view. ``"concat"``: one batch whose BatchNorm statistics mix the views
-            (byol-pytorch's behaviour). ``"auto"`` (default): ``"one_pass"``, or
-            ``"per_view"`` when ``hidden_layer`` lies inside a BatchNorm module.
+            (byol-pytorch's behaviour). ``"auto"`` (default): the faster of the first two
+            as measured on a CPU, ``"one_pass"`` up to 64 x 64 pixels per view, else
+            ``"per_view"`` (also when ``hidden_layer`` lies inside a BatchNorm module).
         concat_views: deprecated; ``True`` is ``view_batching="concat"``.
         input_shape: per-sample input shape for the probe when ``image_size`` does not
             describe it, e.g. ``(channels, length)`` for a 1-D signal encoder.
@@ -233,7 +234,8 @@ class BYOL(nn.Module):
         self.moving_average_decay = float(moving_average_decay)
         self.total_steps = total_steps
         self.use_momentum = use_momentum
-        self.view_batching = resolve_view_batching(view_batching, concat_views, net, self.extractor.layer)
+        self.view_batching = resolve_view_batching(view_batching, concat_views, net, self.extractor.layer,
+                                                   self.input_shape)
         self.ema_step = 0
         self._set_augmentations(augment_fn, augment_fn2, normalize)
         device, dtype = module_device_dtype(net)
