@@ -273,10 +273,27 @@ def fmt_diff(values: Sequence[float]) -> str:
     return f"{sign(statistics.mean(values))} ({sign(min(values))} to {sign(max(values))})"
 
 
+def inside_longest(rows: List[Dict[str, Any]], split: str, spec: str, step: int) -> Tuple[int, Dict[int, float]]:
+    """kNN (%) per seed at ``step`` of ``spec``'s longest run on ``split`` (and that run's length)."""
+    runs = [r for r in rows if r["split"] == split and r["contestant"] == spec]
+    if not runs:
+        return 0, {}
+    longest = max(r["steps"] for r in runs)
+    out = {}
+    for r in runs:
+        points = dict((s, a) for s, a in r["curve"])
+        if r["steps"] == longest and step in points:
+            out[r["seed"]] = points[step]
+    return longest, out
+
+
 def report(rows: List[Dict[str, Any]], baseline: str) -> str:
-    """Markdown: per split and budget, mean (min to max) over seeds, and the per-seed difference to ``baseline``."""
+    """Markdown: per split and budget, mean (min to max) over seeds, and the per-seed difference to ``baseline``.
+
+    A budget-dependent (cosine) contestant without its own run of a budget appears at that step of
+    its longest run, next to the baseline at the same step of its longest run."""
     lines = []
-    splits = [s for s in SPLITS if any(r["split"] == s for r in rows)]
+    splits = list(dict.fromkeys(r["split"] for r in rows))
     specs = list(dict.fromkeys(r["contestant"] for r in rows))
     budgets = sorted({r["steps"] for r in rows if r["steps"] > 0})
     for split in splits:
@@ -285,15 +302,26 @@ def report(rows: List[Dict[str, Any]], baseline: str) -> str:
                   ", same seed: mean (min to max) |", "| --- | --- | --- | --- |"]
         for budget in budgets:
             base = value_at(rows, split, baseline, budget)
+            inside = []
             for spec in specs:
+                is_random = parse_contestant(spec)["name"] == "random"
                 values = value_at(rows, split, spec, budget)
                 if not values:
+                    if depends_on_budget(parse_contestant(spec)):
+                        inside.append(spec)
                     continue
-                if parse_contestant(spec)["name"] == "random" and budget != budgets[0]:
+                if is_random and budget != budgets[0]:
                     continue
-                is_random = parse_contestant(spec)["name"] == "random"
                 diffs = [values[s] - base[s] for s in values if s in base] if spec != baseline and not is_random else []
-                lines.append(f"| {spec} | {'-' if parse_contestant(spec)['name'] == 'random' else budget} | "
+                lines.append(f"| {spec} | {'-' if is_random else budget} | "
+                             f"{fmt(list(values.values()))} | {fmt_diff(diffs) if diffs else ''} |")
+            for spec in ([baseline] if inside else []) + inside:
+                longest, values = inside_longest(rows, split, spec, budget)
+                if not values:
+                    continue
+                _, base_inside = inside_longest(rows, split, baseline, budget)
+                diffs = [values[s] - base_inside[s] for s in values if s in base_inside] if spec != baseline else []
+                lines.append(f"| {spec}, step {budget} of its {longest}-step run | {budget} | "
                              f"{fmt(list(values.values()))} | {fmt_diff(diffs) if diffs else ''} |")
         lines.append("")
     return "\n".join(lines)
