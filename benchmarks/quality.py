@@ -33,9 +33,12 @@ Examples (from the repository root)::
 
     python benchmarks/quality.py --cifar ../shared/data/cifar10_small.npz --splits cifar-a cifar-b digits \\
         --contestants random byol-wrap byol-wrap:pred=10 byol-wrap:schedule=constant \\
-        --steps 100 400 --seeds 0 1 2 --out benchmarks/results/quality/runs.jsonl
-    python benchmarks/quality.py --report benchmarks/results/quality/runs.jsonl --baseline byol-wrap \\
+        --steps 200 --seeds 0 1 2 --out benchmarks/results/quality/runs.jsonl
+    python benchmarks/quality.py --report benchmarks/results/quality/runs.jsonl --steps 100 200 \\
         --md benchmarks/results/quality/summary.md --png benchmarks/results/quality/knn_vs_steps.png
+    python benchmarks/quality.py --test --cifar ../shared/data/cifar10_small.npz --splits cifar-a cifar-b \\
+        --contestants random byol-wrap --steps 200 --encoders benchmarks/results/quality/encoders \\
+        --out benchmarks/results/quality/test.jsonl
 """
 from __future__ import annotations
 
@@ -287,7 +290,7 @@ def inside_longest(rows: List[Dict[str, Any]], split: str, spec: str, step: int)
     return longest, out
 
 
-def report(rows: List[Dict[str, Any]], baseline: str) -> str:
+def report(rows: List[Dict[str, Any]], baseline: str, budgets: Optional[Sequence[int]] = None) -> str:
     """Markdown: per split and budget, mean (min to max) over seeds, and the per-seed difference to ``baseline``.
 
     A budget-dependent (cosine) contestant without its own run of a budget appears at that step of
@@ -295,7 +298,7 @@ def report(rows: List[Dict[str, Any]], baseline: str) -> str:
     lines = []
     splits = list(dict.fromkeys(r["split"] for r in rows))
     specs = list(dict.fromkeys(r["contestant"] for r in rows))
-    budgets = sorted({r["steps"] for r in rows if r["steps"] > 0})
+    budgets = sorted(budgets or {r["steps"] for r in rows if r["steps"] > 0})
     for split in splits:
         lines += [f"### {split}", "",
                   "| contestant | budget (steps) | kNN top-1 %: mean (min to max, seeds) | minus " + baseline +
@@ -380,7 +383,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--splits", nargs="+", default=["cifar-a"], choices=SPLITS)
     parser.add_argument("--contestants", nargs="+", default=["random", "byol-wrap"],
                         help="NAME[:key=value,...], see above")
-    parser.add_argument("--steps", type=int, nargs="+", default=[150, 500], help="budgets (optimizer steps)")
+    parser.add_argument("--steps", type=int, nargs="+",
+                        help="budgets (optimizer steps; default 200; with --report: the budgets to show, default all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--width", type=int, default=16, help="SmallCNN width (features = 8 x width)")
@@ -408,7 +412,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     args = parse_args(argv)
     if args.report:
         rows = [r for f in args.report for r in read_rows(f)]
-        text = report(rows, args.baseline)
+        text = report(rows, args.baseline, args.steps)
         print(text)
         if args.md:
             args.md.parent.mkdir(parents=True, exist_ok=True)
@@ -417,6 +421,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
             plot(rows, args.png)
         return rows
     torch.set_num_threads(args.threads)
+    args.steps = args.steps or [200]
     for spec in args.contestants:
         parse_contestant(spec)  # fail before any training
     command = "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
