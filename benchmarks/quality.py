@@ -304,7 +304,7 @@ def report(rows: List[Dict[str, Any]], baseline: str, budgets: Optional[Sequence
                   "| contestant | budget (steps) | kNN top-1 %: mean (min to max, seeds) | minus " + baseline +
                   ", same seed: mean (min to max) |", "| --- | --- | --- | --- |"]
         for budget in budgets:
-            base = value_at(rows, split, baseline, budget)
+            base = value_at(rows, split, baseline, budget) or inside_longest(rows, split, baseline, budget)[1]
             inside = []
             for spec in specs:
                 is_random = parse_contestant(spec)["name"] == "random"
@@ -318,7 +318,7 @@ def report(rows: List[Dict[str, Any]], baseline: str, budgets: Optional[Sequence
                 diffs = [values[s] - base[s] for s in values if s in base] if spec != baseline and not is_random else []
                 lines.append(f"| {spec} | {'-' if is_random else budget} | "
                              f"{fmt(list(values.values()))} | {fmt_diff(diffs) if diffs else ''} |")
-            for spec in ([baseline] if inside else []) + inside:
+            for spec in list(dict.fromkeys(([baseline] if inside else []) + inside)):
                 longest, values = inside_longest(rows, split, spec, budget)
                 if not values:
                     continue
@@ -355,7 +355,7 @@ def plot(rows: List[Dict[str, Any]], png: Path) -> None:
                         points.setdefault(step, []).append(acc)
             xs = sorted(points)
             n = len(points[xs[-1]])
-            ax.plot(xs, [statistics.mean(points[x]) for x in xs], "-", color=colours[spec],
+            ax.plot(xs, [statistics.mean(points[x]) for x in xs], "-o", markersize=3, color=colours[spec],
                     label=f"{spec} ({longest}-step run, {n} seeds)")
             ax.fill_between(xs, [min(points[x]) for x in xs], [max(points[x]) for x in xs], color=colours[spec],
                             alpha=0.15)
