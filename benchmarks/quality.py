@@ -364,6 +364,9 @@ def plot(rows: List[Dict[str, Any]], png: Path) -> None:
                 mean = statistics.mean(finals)
                 ax.errorbar([short], [mean], yerr=[[mean - min(finals)], [max(finals) - mean]], fmt="s",
                             color=colours[spec], capsize=3, label=f"{spec}, own {short}-step run")
+        start = [r["knn"] for r in rows if r["split"] == split and parse_contestant(r["contestant"])["name"] == "random"]
+        if start:
+            ax.axhline(statistics.mean(start), color="gray", linestyle=":", label=f"random init ({len(start)} seeds)")
         ax.set_title(split)
         ax.set_xlabel(f"optimizer steps (batch {rows[0]['batch_size']})")
         ax.set_ylabel("weighted kNN top-1 on held-out rows (%)")
