@@ -161,3 +161,25 @@ def test_paired_ratios_cancel_a_load_change_between_rounds():
     times = {"byol-wrap": [1.1, 3.3, 1.1], "ideal": [1.0, 3.0, 1.0]}
     summary = speed.paired_ratios(times)["a_wrap_vs_ideal"]
     assert summary["median"] == pytest.approx(1.1) and summary["n"] == 3
+
+
+def test_quality_test_mode_scores_saved_encoders_on_the_test_split(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "c.npz"
+    np.savez(npz, x_train=rng.integers(0, 256, (50, 32, 32, 3), dtype=np.uint8), y_train=np.arange(50) % 10,
+             x_test=rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8), y_test=np.arange(20) % 10)
+    common_args = ["--cifar", str(npz), "--splits", "cifar-a", "--contestants", "random", "byol-wrap", "--steps", "2",
+                   "--seeds", "0", "--batch-size", "8", "--width", "4", "--projection-hidden-size", "16",
+                   "--encoders", str(tmp_path / "enc")]
+    quality.main(common_args + ["--out", str(tmp_path / "runs.jsonl")])
+    rows = quality.main(common_args + ["--test", "--out", str(tmp_path / "test.jsonl")])
+    assert [(r["split"], r["contestant"], r["steps"]) for r in rows] == [("cifar-a>test", "random", 0),
+                                                                        ("cifar-a>test", "byol-wrap", 2)]
+    # the random encoder is the seed's initial network: the same weights give the same test kNN
+    torch.manual_seed(0)
+    net = common.SmallCNN(4)
+    data = common.load_data(npz)
+    expected = 100 * quality.knn_eval(net, data["x_train"], data["y_train"], data["x_test"], data["y_test"], k=200)
+    assert rows[0]["knn"] == pytest.approx(expected, abs=0.006)  # stored rounded to 0.01
