@@ -330,6 +330,35 @@ def report(rows: List[Dict[str, Any]], baseline: str, budgets: Optional[Sequence
     return "\n".join(lines)
 
 
+def compact_table(rows: List[Dict[str, Any]], baseline: str, budget: int) -> str:
+    """One Markdown table for ``budget``: a row per contestant, a column per split; each cell the mean
+    (min-max) over seeds and, below the baseline, the same-seed difference to it."""
+    splits = list(dict.fromkeys(r["split"] for r in rows))
+    specs = list(dict.fromkeys(r["contestant"] for r in rows))
+    lines = [f"| {budget} steps | " + " | ".join(splits) + " |", "| --- |" + " --- |" * len(splits)]
+    for spec in specs:
+        is_random = parse_contestant(spec)["name"] == "random"
+        cells = []
+        for split in splits:
+            values = value_at(rows, split, spec, budget)
+            base = value_at(rows, split, baseline, budget) or inside_longest(rows, split, baseline, budget)[1]
+            label = ""
+            if not values and depends_on_budget(parse_contestant(spec)):
+                longest, values = inside_longest(rows, split, spec, budget)
+                label = f" (step {budget} of {longest})" if values else ""
+            if not values:
+                cells.append("-")
+                continue
+            v = list(values.values())
+            cell = f"{statistics.mean(v):.1f} ({min(v):.1f}-{max(v):.1f}, n={len(v)}){label}"
+            diffs = [values[s] - base[s] for s in values if s in base]
+            if spec != baseline and not is_random and diffs:
+                cell += f"; {fmt_diff(diffs)}"
+            cells.append(cell)
+        lines.append(f"| {spec} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(rows: List[Dict[str, Any]], png: Path) -> None:
     """kNN against steps, one panel per split: the mean over seeds of each contestant's longest run
     (band: min to max over seeds), and the shorter cosine runs as points with min-max bars."""
@@ -416,6 +445,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     if args.report:
         rows = [r for f in args.report for r in read_rows(f)]
         text = report(rows, args.baseline, args.steps)
+        budgets = sorted(args.steps or {r["steps"] for r in rows if r["steps"] > 0})
+        text = "\n\n".join([compact_table(rows, args.baseline, b) for b in budgets] + [text])
         print(text)
         if args.md:
             args.md.parent.mkdir(parents=True, exist_ok=True)
