@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-import random
 import statistics
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -23,7 +21,6 @@ from byol_wrap import BYOL
 from byol_wrap.augment import imagenet_normalize
 from byol_wrap.data import load_labelled
 from byol_wrap.knn import knn_eval as byol_knn_eval
-from byol_wrap.optim import byol_param_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_ENV = "BYOL_WRAP_DATA"
@@ -185,53 +182,6 @@ def run_steps(
         learner.update_moving_average()
         if after_step is not None:
             after_step(step, loss)
-
-
-def train_and_eval(
-    name: str,
-    data: Dict[str, Tensor],
-    steps: int,
-    lr: float,
-    seed: int,
-    batch_size: int = 256,
-    width: int = 32,
-    projection_hidden_size: int = 1024,
-    eval_every: int = 0,
-    log: Callable[[str], None] = print,
-) -> Dict[str, Any]:
-    """Pretrain contestant ``name`` for ``steps`` Adam steps, then kNN-evaluate its encoder.
-
-    ``random`` trains nothing. With ``eval_every > 0`` the kNN accuracy is also taken
-    every ``eval_every`` steps (the curve). Returns a JSON-able dict.
-    """
-    torch.manual_seed(seed)
-    random.seed(seed)  # byol-pytorch's RandomApply draws from Python's `random`, which torch does not seed
-    net = SmallCNN(width)
-    curve: List[Tuple[int, float]] = []
-    started = time.perf_counter()
-    if name != "random":
-        learner = make_learner(name, net, 32, "flatten", steps, projection_hidden_size)
-        if name == "byol-wrap-recipe":  # the README's optimizer advice: predictor at 10 x lr
-            optimizer = torch.optim.Adam(byol_param_groups(learner, lr))
-        else:
-            optimizer = torch.optim.Adam([p for p in learner.parameters() if p.requires_grad], lr=lr)
-
-        def after_step(step: int, loss: Tensor) -> None:
-            if eval_every and step % eval_every == 0 and step < steps:
-                curve.append((step, knn_eval(net, data)))
-                log(f"{name} lr={lr:g} seed={seed} step {step}: loss {loss.item():.4f} knn {curve[-1][1]:.4f}")
-            elif step % 50 == 0:
-                log(f"{name} lr={lr:g} seed={seed} step {step}: loss {loss.item():.4f}")
-
-        run_steps(learner, optimizer, data["x_train"], steps, batch_size, seed, after_step)
-    train_seconds = time.perf_counter() - started
-    accuracy = knn_eval(net, data)
-    curve.append((steps if name != "random" else 0, accuracy))
-    return {
-        "contestant": name, "lr": lr, "seed": seed, "steps": steps, "batch_size": batch_size,
-        "width": width, "projection_hidden_size": projection_hidden_size,
-        "knn_top1": accuracy, "curve": curve, "train_seconds": round(train_seconds, 1),
-    }
 
 
 # ---------------------------------------------------------------------------- reporting helpers
