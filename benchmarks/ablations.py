@@ -12,7 +12,7 @@ Examples (from the repository root)::
 
     python -m benchmarks.ablations --data ../shared/data/cifar10_small.npz --name base
     python -m benchmarks.ablations --data ../shared/data/cifar10_small.npz --name pred10 --predictor-lr-scale 10
-    python -m benchmarks.ablations --data ../shared/data/cifar10_small.npz --name tau1 --tau 1.0 --no-schedule
+    python -m benchmarks.ablations --data ../shared/data/cifar10_small.npz --name tau1 --moving-average-decay 1.0 --no-schedule
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from torch import nn
 
 from benchmarks.common import RESULTS_DIR, SmallCNN, knn_eval, load_data, resolve_data_path, run_steps
 from byol_wrap import BYOL, byol_augmentation
+from byol_wrap.augment import IMAGENET_MEAN, IMAGENET_STD
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -41,7 +42,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--width", type=int, default=16, help="SmallCNN width")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tau", type=float, default=0.996, help="tau_base")
+    parser.add_argument("--moving-average-decay", type=float, default=0.996, help="the target's EMA decay (tau_base)")
     parser.add_argument("--no-schedule", action="store_true", help="constant tau (no total_steps)")
     parser.add_argument("--crop-min", type=float, default=0.08, help="lower end of the crop scale")
     parser.add_argument("--blur", type=float, nargs=2, default=[1.0, 0.1], metavar=("P1", "P2"),
@@ -84,7 +85,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     else:
         learner = BYOL(net, 32, "flatten", projection_hidden_size=args.projection_hidden_size,
                        augment_fn=augmentation(args, 1), augment_fn2=augmentation(args, 2),
-                       moving_average_decay=args.tau, total_steps=None if args.no_schedule else args.steps)
+                       normalize=(IMAGENET_MEAN, IMAGENET_STD),  # as the default augmentations get with "auto"
+                       moving_average_decay=args.moving_average_decay, total_steps=None if args.no_schedule else args.steps)
         predictor = learner.predictor
     predictor_ids = {id(p) for p in predictor.parameters()}
     rest = [p for p in learner.parameters() if p.requires_grad and id(p) not in predictor_ids]
