@@ -199,12 +199,14 @@ def _resize_center_crop_pil(image: Any, size: Tuple[int, int], Image: Any) -> An
     """Resize so the image covers ``size`` (short side), then take the centre: one resampling."""
     th, tw = size
     w, h = image.size
-    scale = max(th / h, tw / w)
-    box_w, box_h = tw / scale, th / scale
-    left, top = (w - box_w) / 2, (h - box_h) / 2
     if (w, h) == (tw, th):
         return image
-    return image.resize((tw, th), Image.BILINEAR, box=(left, top, left + box_w, top + box_h))
+    scale = max(th / h, tw / w)
+    # clamped: in floating point the centred box can stick out of the image by ~1e-14, which Pillow refuses
+    box_w, box_h = min(float(w), tw / scale), min(float(h), th / scale)
+    left, top = max(0.0, (w - box_w) / 2), max(0.0, (h - box_h) / 2)
+    right, bottom = min(float(w), left + box_w), min(float(h), top + box_h)
+    return image.resize((tw, th), Image.BILINEAR, box=(left, top, right, bottom))
 
 
 def _pil_to_tensor(image: Any, size: Optional[Tuple[int, int]], Image: Any) -> Tensor:

@@ -108,6 +108,27 @@ def test_short_side_resize_and_centre_crop(tmp_path):
     assert D.read_image(tmp_path / "wide.png", (10, 12)).shape == (3, 10, 12)
 
 
+def test_every_image_size_decodes_at_every_load_size(tmp_path):
+    """The centred crop box, computed in floating point, must stay inside the image: a box sticking out
+    by 1e-14 made Pillow refuse a few percent of ordinary photo sizes ("box offset can't be negative")."""
+    sizes = [(640, 480), (3000, 2000), (54, 52), (30, 31), (1199, 20)]
+    sizes += [(int(w), int(h)) for w, h in np.random.default_rng(0).integers(20, 1200, size=(40, 2))]
+    failed = []
+    for width, height in sizes:
+        path = tmp_path / f"{width}x{height}.png"
+        Image.new("RGB", (width, height), (200, 100, 50)).save(path)
+        for load_size in (37, 73, 110, 256, (40, 60)):
+            try:
+                image = D.read_image(path, load_size)
+            except D.UnreadableImageError as error:
+                failed.append((width, height, load_size, error.reason))
+                continue
+            expected = (load_size, load_size) if isinstance(load_size, int) else load_size
+            assert image.shape == (3, *expected)
+            assert image[:, expected[0] // 2, expected[1] // 2].tolist() == [200, 100, 50]
+    assert not failed, failed
+
+
 def test_exif_orientation_is_applied(tmp_path):
     image = Image.new("RGB", (30, 10), (0, 0, 255))
     exif = Image.Exif()
