@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from .augment import ChannelNormalize, to_float_images
 from .hooks import RepresentationExtractor, resolve_layer
-from .io import atomic_save, atomic_write, load_torch_file
+from .io import UnreadableFileError, atomic_save, atomic_write, load_torch_file
 
 FORMAT = "byol-wrap-encoder"
 FORMAT_VERSION = 1
@@ -226,7 +226,7 @@ def _read_encoder_file(path: Path) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
         looks_like_checkpoint = isinstance(obj, dict) and ("optimizer" in obj or "learner" in obj)
         hint = ("it looks like a training checkpoint: make the encoder with byol-wrap export RUN_DIR"
                 if looks_like_checkpoint else "give the encoder.pt a byol-wrap run wrote")
-        raise RuntimeError(f"{path} is not a byol-wrap encoder file; {hint}")
+        raise UnreadableFileError(f"{path} is not a byol-wrap encoder file; {hint}")
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
         raise RuntimeError(f"{path} was written by a newer byol-wrap ({meta.get('byol_wrap_version')}); upgrade "
                            f"byol-wrap to load it")

@@ -161,6 +161,14 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {line}" if line else type(error).__name__
 
 
+class UnreadableFileError(ValueError, RuntimeError):
+    """A file given to byol-wrap is not what it should be (truncated, foreign, another kind of byol-wrap file).
+
+    A ValueError, since it is bad input (the command line reports it in one line with exit code 2), and a
+    RuntimeError, as earlier versions raised.
+    """
+
+
 def load_torch_file(
     path: PathLike,
     what: str = "file",
@@ -199,8 +207,13 @@ def load_torch_file(
     except (PermissionError, MemoryError):
         raise
     except Exception as error:  # truncated zip, pickle garbage, refused globals, empty file...
-        reason = "the file is empty (0 bytes)" if path.stat().st_size == 0 else _first_line(error)
-        raise RuntimeError(
+        if path.stat().st_size == 0:
+            reason = "the file is empty (0 bytes)"
+        elif type(error).__name__ == "UnpicklingError":  # torch's own text advises weights_only=False: not here
+            reason = "torch.load(weights_only=True) refuses it (not a file of tensors saved by torch.save)"
+        else:
+            reason = _first_line(error)
+        raise UnreadableFileError(
             f"{what} {path} is not a readable byol-wrap file (truncated or foreign?): {reason}; {hint}"
         ) from error
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("tqdm")
 pytest.importorskip("matplotlib")
@@ -181,3 +182,16 @@ def test_module_entry_point_without_traceback_and_lazy_imports(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1 and "Traceback" not in result.stderr and "missing" in lines[0]
+
+
+def test_files_that_are_not_what_the_flag_wants_are_one_line(capsys, images, tmp_path):
+    """An image given as the encoder or as --weights, a run checkpoint given to embed: bad input, exit 2."""
+    picture = images / "0.png"
+    code, err = run(capsys, "embed", picture, images, "--out", tmp_path / "e.npz")
+    assert_one_line(code, err, str(picture), "not a readable byol-wrap file")
+    code, err = run(capsys, "pretrain", images, "--out", tmp_path / "run", "--weights", picture, *SMALL)
+    assert_one_line(code, err, str(picture))
+    checkpoint = tmp_path / "last.pt"
+    torch.save({"learner": {}, "optimizer": {}}, checkpoint)
+    code, err = run(capsys, "embed", checkpoint, images, "--out", tmp_path / "e.npz")
+    assert_one_line(code, err, "byol-wrap export")
