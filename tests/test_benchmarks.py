@@ -116,8 +116,8 @@ def test_ablation_script_appends_one_line_per_run(tmp_path):
     out = tmp_path / "a.jsonl"
     common_args = ["--synthetic", "--steps", "2", "--batch-size", "8", "--width", "4", "--eval-every", "1",
                    "--projection-hidden-size", "16", "--out", str(out)]
-    ablations.main(["--name", "a", "--predictor-lr-scale", "10", "--blur", "0", "0", "--moving-average-decay", "1.0", "--no-schedule"]
-                   + common_args)
+    ablations.main(["--name", "a", "--predictor-lr-scale", "10", "--blur", "0", "0", "--moving-average-decay", "1.0",
+                    "--no-schedule"] + common_args)
     ablations.main(["--name", "b", "--byol-pytorch"] + common_args)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["args"]["name"] for line in lines] == ["a", "b"]
