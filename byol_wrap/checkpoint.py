@@ -180,9 +180,11 @@ def resume_state(run_dir: os.PathLike, arguments: Dict[str, Any], overwrite: boo
     state = load_checkpoint(path)
     differences = compare_arguments(state.get("arguments", {}), arguments)
     if differences:
+        status = (f"a finished run ({state['step']} steps)" if state.get("finished")
+                  else "an unfinished run; run its own command to resume it")
         raise RunError(
-            f"{run_dir} holds a run started with other arguments ({'; '.join(differences)}); run the same command "
-            f"to resume it, add --overwrite to start afresh, or choose another --out"
+            f"{run_dir} holds a run started with other arguments ({'; '.join(differences)}), {status}; "
+            f"add --overwrite to start afresh, or choose another --out"
         )
     if state.get("finished"):
         encoder = Path(run_dir) / "encoder.pt"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import NoReturn, Optional, Sequence, Union
 
 USAGE_ERRORS = (ValueError, TypeError, LookupError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
@@ -138,8 +139,12 @@ def _embed(args: argparse.Namespace) -> None:
     from .encoder import embed_images
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    path = embed_images(args.encoder, args.data, args.out, batch_size=args.batch_size, workers=args.workers,
-                        device=device, progress=args.progress)
+    with warnings.catch_warnings(record=True) as caught:  # shown as plain lines, not as Python warnings
+        warnings.simplefilter("always", UserWarning)
+        path = embed_images(args.encoder, args.data, args.out, batch_size=args.batch_size, workers=args.workers,
+                            device=device, progress=args.progress)
+    for warning in caught:
+        print(f"byol-wrap embed: warning: {str(warning.message).removeprefix('embed: ')}", file=sys.stderr)
     print(f"embeddings: {path}")
 
 

@@ -353,6 +353,9 @@ def embed_images(
         loader.close()
     dim = int(encoder.meta.get("representation_size") or 0)
     embeddings = torch.cat(chunks) if chunks else torch.empty((0, dim))
+    if not paths:
+        example = f", e.g. {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+        raise ValueError(f"no readable image in {data}: {len(skipped)} file(s) could not be decoded{example}")
     if skipped:
         warnings.warn(f"embed: {len(skipped)} unreadable image(s) left out, e.g. {skipped[0][0]}: {skipped[0][1]}",
                       stacklevel=2)

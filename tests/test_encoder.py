@@ -172,3 +172,15 @@ def test_embed_errors(tmp_path):
         embed_images(path, "digits", tmp_path / "out.txt")
     with pytest.raises(FileNotFoundError):
         embed_images(path, tmp_path / "missing", tmp_path / "out.npz", progress=False)
+
+
+def test_embed_of_a_folder_without_one_readable_image_is_an_error(tmp_path):
+    net, learner = _trained("byol_wrap/small_cnn:4", hidden_layer=-1)
+    encoder_path = export_encoder(learner, tmp_path / "encoder.pt", model_spec="byol_wrap/small_cnn:4", steps=2)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "bad.jpg").write_text("not an image")
+    (tmp_path / "images" / "empty.png").touch()
+    out = tmp_path / "emb.npz"
+    with pytest.raises(ValueError, match=r"no readable image .* 2 file\(s\) could not be decoded"):
+        embed_images(encoder_path, tmp_path / "images", out, batch_size=4, workers=0, progress=False)
+    assert not out.exists()
