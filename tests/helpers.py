@@ -11,7 +11,7 @@ numbers broke the bound.
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Iterable, List, Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -87,3 +87,19 @@ def imagenet_normalize_by_hand(x: Tensor) -> Tensor:
     mean = torch.tensor(IMAGENET_MEAN_BY_HAND, dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD_BY_HAND, dtype=x.dtype).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+def train_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Tensor]) -> List[Tensor]:
+    """The documented loop, once per batch: loss, backward, optimizer step, EMA through ``unwrap(model)``
+    (``model`` may be the learner or a wrapper of it). Returns the detached losses."""
+    from byol_wrap import unwrap
+
+    losses = []
+    for x in batches:
+        loss = model(x)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        unwrap(model).update_moving_average()
+        losses.append(loss.detach())
+    return losses

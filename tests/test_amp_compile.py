@@ -8,7 +8,7 @@ from torch import nn
 
 from byol_wrap import BYOL, unwrap
 
-from helpers import assert_tensors_close
+from helpers import assert_tensors_close, train_steps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -83,17 +83,8 @@ def test_channels_last_matches_contiguous():
     assert_tensors_close(grads, ref_grads, rtol=1e-4, scale_rtol=1e-5)
 
 
-def train_steps(model, learner, batches, lr=0.1):
-    opt = torch.optim.SGD(learner.parameters(), lr=lr)
-    losses = []
-    for x in batches:
-        loss = model(x)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        unwrap(model).update_moving_average()
-        losses.append(loss)
-    return losses
+def sgd_steps(model, learner, batches, lr=0.1):
+    return train_steps(model, torch.optim.SGD(learner.parameters(), lr=lr), batches)
 
 
 def test_compile_of_the_learner_matches_eager():
@@ -104,8 +95,8 @@ def test_compile_of_the_learner_matches_eager():
     assert unwrap(compiled) is compiled_learner
     generator = torch.Generator().manual_seed(1)
     batches = [torch.rand(8, 3, 16, 16, generator=generator) for _ in range(3)]
-    ref = train_steps(eager, eager, batches)
-    got = train_steps(compiled, compiled_learner, batches)
+    ref = sgd_steps(eager, eager, batches)
+    got = sgd_steps(compiled, compiled_learner, batches)
     for a, b in zip(got, ref):
         assert a.dtype == torch.float32 and torch.isfinite(a)
         assert a.item() == pytest.approx(b.item(), rel=1e-5)

@@ -13,7 +13,7 @@ from byol_wrap.ema import cosine_tau
 from byol_wrap.hooks import HiddenLayerNotRunError
 
 from conftest import SmallCNN
-from helpers import assert_close_scaled, imagenet_normalize_by_hand
+from helpers import assert_close_scaled, imagenet_normalize_by_hand, train_steps
 
 HEADS = dict(projection_size=16, projection_hidden_size=32)
 
@@ -320,17 +320,12 @@ def test_default_augmentations_and_float64_nets():
 
 # ---------------------------------------------------------------- checkpoints
 def _train(learner, opt, steps, seed_base):
-    losses = []
-    for step in range(steps):
-        torch.manual_seed(seed_base + step)
-        x = torch.rand(4, 3, 20, 20)
-        loss = learner(x)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        learner.update_moving_average()
-        losses.append(loss.item())
-    return losses
+    def seeded_batches():  # each step's images and augmentations drawn after a seed of its own
+        for step in range(steps):
+            torch.manual_seed(seed_base + step)
+            yield torch.rand(4, 3, 20, 20)
+
+    return [loss.item() for loss in train_steps(learner, opt, seeded_batches())]
 
 
 def test_resume_from_checkpoint_gives_the_same_losses(tmp_path):

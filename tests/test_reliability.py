@@ -20,6 +20,7 @@ from byol_wrap import BYOL, get_rng_state, set_rng_state
 from byol_wrap.checks import ImageRangeWarning, NonFiniteError
 
 from conftest import SmallCNN
+from helpers import train_steps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -303,15 +304,7 @@ def test_old_checkpoints_with_augmentation_buffers_still_load_strictly():
 
 # ---------------------------------------------------------------- 6. exact resume from your own loop
 def _run(learner, opt, batches):
-    losses = []
-    for x in batches:
-        loss = learner(x)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        learner.update_moving_average()
-        losses.append(loss.item())
-    return losses
+    return [loss.item() for loss in train_steps(learner, opt, batches)]
 
 
 def test_exact_resume_from_the_users_own_loop(tmp_path):
