@@ -100,14 +100,17 @@ def test_syncbatchnorm_is_everywhere(ranks):
 @pytest.mark.integration
 def test_syncbn_two_ranks_of_b_equal_one_process_of_2b(ranks):
     for rank in ranks:
-        record = rank["syncbn"]
-        for step in record["steps"]:
-            assert step["loss"] == pytest.approx(step["ref_loss"], rel=1e-5)
-            assert step["grads"].keys() == step["ref_grads"].keys() and step["grads"]
-            # sums over 2 ranks: another order
-            assert_tensors_close(step["grads"], step["ref_grads"], rtol=1e-4, scale_rtol=1e-4)
-        # after two SGD + EMA steps: parameters, target and BatchNorm running statistics agree
-        assert_tensors_close(record["state"], record["ref_state"], rtol=1e-4, scale_rtol=1e-4)
+        assert_matches_one_process(rank["syncbn"])
+
+
+def assert_matches_one_process(record):
+    """Each step's loss and gradients, then (after two SGD + EMA steps) parameters, target and BatchNorm
+    running statistics, equal the one-process reference; sums over 2 ranks run in another order."""
+    for step in record["steps"]:
+        assert step["loss"] == pytest.approx(step["ref_loss"], rel=1e-5)
+        assert step["grads"].keys() == step["ref_grads"].keys() and step["grads"]
+        assert_tensors_close(step["grads"], step["ref_grads"], rtol=1e-4, scale_rtol=1e-4)
+    assert_tensors_close(record["state"], record["ref_state"], rtol=1e-4, scale_rtol=1e-4)
 
 
 @pytest.mark.integration
@@ -117,11 +120,7 @@ def test_one_pass_views_under_ddp_and_syncbn_equal_one_process_per_view(ranks):
     for rank in ranks:
         record = rank["onepass"]
         assert set(record["norm_types"].values()) == {"SyncBatchNorm"}
-        for step in record["steps"]:
-            assert step["loss"] == pytest.approx(step["ref_loss"], rel=1e-5)
-            assert step["grads"].keys() == step["ref_grads"].keys() and step["grads"]
-            assert_tensors_close(step["grads"], step["ref_grads"], rtol=1e-4, scale_rtol=1e-4)
-        assert_tensors_close(record["state"], record["ref_state"], rtol=1e-4, scale_rtol=1e-4)
+        assert_matches_one_process(record)
 
 
 @pytest.mark.integration
