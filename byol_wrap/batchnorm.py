@@ -153,10 +153,10 @@ def inside_batchnorm(net: nn.Module, name: Optional[str]) -> Optional[str]:
     return None
 
 
-#: ``view_batching="auto"`` runs the views in one pass up to this many pixels per view (64 x 64): measured on a
-#: CPU (BENCHMARKS.md), one pass was faster at 32 px, equal at 64 px and slower than one forward per view at 96 px
-#: (the split and concatenation at every BatchNorm layer copy the activations).
-ONE_PASS_MAX_PIXELS = 64 * 64
+#: ``view_batching="auto"`` runs the views in one pass up to this many pixels per view (48 x 48): on a CPU one
+#: pass was faster at 32 px and slower than one forward per view from 64 px on (BENCHMARKS.md); the split and
+#: concatenation at every BatchNorm layer copy the activations.
+ONE_PASS_MAX_PIXELS = 48 * 48
 
 
 def resolve_view_batching(view_batching: str, concat_views: Optional[bool], net: nn.Module,

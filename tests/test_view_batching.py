@@ -140,8 +140,8 @@ def test_default_and_options():
     assert "view_batching='per_view'" in repr(learner)
     # "auto" picks the faster of two identical computations by the view size (measured on a CPU)
     big = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    assert BYOL(big, image_size=64, hidden_layer=None, projection_hidden_size=8).view_batching == "one_pass"
-    assert BYOL(big, image_size=96, hidden_layer=None, projection_hidden_size=8).view_batching == "per_view"
+    assert BYOL(big, image_size=32, hidden_layer=None, projection_hidden_size=8).view_batching == "one_pass"
+    assert BYOL(big, image_size=64, hidden_layer=None, projection_hidden_size=8).view_batching == "per_view"
     assert BYOL(big, image_size=96, hidden_layer=None, projection_hidden_size=8,
                 view_batching="one_pass").view_batching == "one_pass"
     with pytest.raises(ValueError, match="view_batching must be one of"):
