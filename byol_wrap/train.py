@@ -410,12 +410,19 @@ class _Run:
         if self.is_digits:
             kwargs.update(augment_fn=digits_augmentation(self.image_size),
                           normalize=(tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)))
-        return BYOL(self.net, image_size=self.image_size, hidden_layer=self.hidden_layer,
-                    total_steps=self.total_steps, moving_average_decay=self.options["moving_average_decay"],
-                    projection_size=_positive_int("projection_size", self.options["projection_size"]),
-                    projection_hidden_size=_positive_int("projection_hidden_size",
-                                                         self.options["projection_hidden_size"]),
-                    **kwargs)
+        try:
+            return BYOL(self.net, image_size=self.image_size, hidden_layer=self.hidden_layer,
+                        total_steps=self.total_steps, moving_average_decay=self.options["moving_average_decay"],
+                        projection_size=_positive_int("projection_size", self.options["projection_size"]),
+                        projection_hidden_size=_positive_int("projection_hidden_size",
+                                                             self.options["projection_hidden_size"]),
+                        **kwargs)
+        except ValueError as error:
+            if self.model_spec is None or "print_layers" not in str(error):
+                raise
+            # the library's message names the Python call; the command's users want the command
+            raise ValueError(f"{error} On the command line: byol-wrap layers {self.model_spec} "
+                             f"--image-size {self.image_size}") from error
 
     def _build_optimizer(self) -> Tuple[torch.optim.Optimizer, Any, float]:
         from .optim import byol_param_groups, lars_optimizer, scaled_lr, warmup_cosine_scheduler

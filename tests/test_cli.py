@@ -71,7 +71,7 @@ def test_unknown_hidden_layer_gives_the_library_message(capsys, images, tmp_path
     with pytest.raises(ValueError) as expected:
         resolve_layer(small_cnn(), "nope")
     code, err = run(capsys, "pretrain", images, "--out", tmp_path / "run", "--hidden-layer", "nope", *SMALL)
-    assert_one_line(code, err, " ".join(str(expected.value).split()))
+    assert_one_line(code, err, " ".join(str(expected.value).split()), "byol-wrap layers byol_wrap/small_cnn")
 
 
 def test_unwritable_run_dir(capsys, images, tmp_path):
