@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="layer whose output is the representation (default: per model family; "
                         "byol-wrap layers SPEC lists them)")
     p.add_argument("--weights", default=None, metavar="PATH", help="a local state_dict to start from")
-    p.add_argument("--image-size", type=int, default=None, metavar="N", help="side of the augmented views")
+    p.add_argument("--image-size", type=int, default=None, metavar="N",
+                   help="side of the augmented views (default: 224 for image folders, 96 with byol_wrap/ models, "
+                        "the arrays' own size for .npz, 32 for digits)")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="images per step and process (default: 128 on CPU, 256 on GPU)")
     length = p.add_mutually_exclusive_group()
@@ -83,12 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output size of projector and predictor (default 256, the paper's)")
     p.add_argument("--projection-hidden-size", type=int, default=4096, metavar="N",
                    help="hidden size of projector and predictor (default 4096, the paper's)")
-    p.add_argument("--workers", type=int, default=None, metavar="N", help="processes decoding images")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes decoding images (default: the usable CPUs, at most 4)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda when available)")
     p.add_argument("--precision", choices=("32", "bf16", "16"), default=None,
                    help="default: bf16 where the device supports it, 32 on CPU")
-    p.add_argument("--checkpoint-every", type=int, default=None, metavar="N", help="steps between checkpoints")
-    p.add_argument("--log-every", type=int, default=10, metavar="N", help="steps between metrics.jsonl rows")
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="steps between checkpoints (default: a tenth of the run, 100 to 1000)")
+    p.add_argument("--log-every", type=int, default=10, metavar="N",
+                   help="steps between metrics.jsonl rows (default: %(default)s)")
     p.add_argument("--knn-data", default=None, metavar="PATH",
                    help="labelled images (one subfolder per class, or .npz with labels) for kNN accuracy")
     p.add_argument("--seed", type=int, default=0)
