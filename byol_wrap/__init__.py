@@ -22,7 +22,7 @@ from .layers import list_layers, print_layers
 from .optim import byol_param_groups, paper_optimizer_and_scheduler
 from .wrappers import ddp_params_to_ignore, unwrap
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BYOL",
