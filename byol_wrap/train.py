@@ -25,7 +25,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, cast
+from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple, Union, cast
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +42,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from .checks import NonFiniteError
 
 EXTRAS_MESSAGE = 'byol-wrap pretrain needs the training extras: pip install "byol-wrap[train]"'
 DIGITS_STEPS = 300          # the built-in default run: ~1-3 minutes on 2 CPU cores
@@ -709,10 +710,8 @@ class _Run:
         with _autocast(self.precision, self.device):
             try:
                 loss = self.model(images)
-            except (RuntimeError, ValueError) as error:
-                if "finite" in str(error).lower() or "nan" in str(error).lower():
-                    self._diverged(str(error).splitlines()[0])
-                raise
+            except NonFiniteError as error:
+                self._diverged(str(error).splitlines()[0])
         if self.world.any(not bool(torch.isfinite(loss.detach()).all())):
             self._diverged(f"the loss is {loss.item()}")
         self.optimizer.zero_grad(set_to_none=True)
@@ -728,7 +727,7 @@ class _Run:
         self.step_tau = self.learner.update_moving_average()
         return cast(Tensor, loss.detach())
 
-    def _diverged(self, what: str) -> None:
+    def _diverged(self, what: str) -> NoReturn:
         path = checkpoint_path(self.out)
         kept = f"the last good checkpoint {path} is untouched" if path.exists() else "no checkpoint was written"
         raise TrainingStopped(
