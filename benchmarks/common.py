@@ -140,12 +140,14 @@ def make_learner(
     ``augment=False`` passes the identity as augmentation to both views.
     """
     identity: Optional[Callable[[Tensor], Tensor]] = None if augment else (lambda x: x)
-    if name in ("byol-wrap", "byol-wrap-recipe", "byol-wrap-concat", "byol-wrap-per-view", "byol-wrap-one-pass"):
+    if name in ("byol-wrap", "byol-wrap-recipe", "byol-wrap-concat", "byol-wrap-per-view", "byol-wrap-one-pass",
+                "byol-wrap-preserve"):
         view_batching = {"byol-wrap-concat": "concat", "byol-wrap-per-view": "per_view",
                          "byol-wrap-one-pass": "one_pass"}.get(name, "auto")
         return BYOL(
             net, image_size=image_size, hidden_layer=hidden_layer, projection_hidden_size=projection_hidden_size,
             augment_fn=identity, total_steps=total_steps, view_batching=view_batching,
+            memory_format="preserve" if name == "byol-wrap-preserve" else "auto",
         )
     if name in ("byol-pytorch", "byol-pytorch-classic"):
         from byol_pytorch import BYOL as LucidBYOL

@@ -11,9 +11,13 @@ median ("paired ratios").
 Contestants:
     ideal          plain PyTorch, one pass per view, fused EMA (``torch._foreach_lerp_``)
     ideal-concat   the same with both views as one batch (BatchNorm statistics mixed)
+    ideal-channels-last    ``ideal`` with channels-last (NHWC) views
     byol-wrap      BYOL(...) defaults except augmentation off (``view_batching="auto"``: one pass
-                   up to 64 x 64 px, one forward per view above; results saved before 16:20 UTC on
-                   2026-11-25 ran one pass at every size)
+                   up to 48 x 48 px, one forward per view above; ``memory_format="auto"``:
+                   channels-last views on the CPU). Results saved before 16:20 UTC on 2026-11-25
+                   ran one pass at every size; results saved before 18:00 UTC on 2026-11-25 had
+                   no channels-last views (today's ``byol-wrap-preserve``)
+    byol-wrap-preserve     ``memory_format="preserve"`` (the views' layout as given: NCHW)
     byol-wrap-one-pass     ``view_batching="one_pass"`` (one batch, per-view BatchNorm statistics)
     byol-wrap-per-view     ``view_batching="per_view"`` (one forward per view)
     byol-wrap-concat       ``view_batching="concat"`` (one batch, statistics mixed)
@@ -52,10 +56,11 @@ from torch import Tensor, nn
 from benchmarks.common import RESULTS_DIR, SmallCNN, machine_description, make_learner, median, write_json
 from byol_wrap.ema import ema_update_
 
-SPEED_CONTESTANTS = ("ideal", "ideal-concat", "byol-wrap", "byol-wrap-one-pass", "byol-wrap-per-view",
+SPEED_CONTESTANTS = ("ideal", "ideal-concat", "ideal-channels-last", "byol-wrap", "byol-wrap-preserve",
+                     "byol-wrap-one-pass", "byol-wrap-per-view",
                      "byol-wrap-concat", "byol-pytorch", "byol-pytorch-classic", "byol-wrap+aug")
-DEFAULT_CONTESTANTS = ("ideal", "ideal-concat", "byol-wrap", "byol-wrap-one-pass", "byol-wrap-per-view",
-                       "byol-pytorch", "byol-wrap+aug")
+DEFAULT_CONTESTANTS = ("ideal", "ideal-channels-last", "byol-wrap", "byol-wrap-preserve", "byol-wrap-one-pass",
+                       "byol-wrap-per-view", "byol-pytorch", "byol-wrap+aug")
 MEMORY_CONTESTANTS = ("ideal", "ideal-concat", "byol-wrap", "byol-wrap-per-view", "byol-wrap-concat",
                       "byol-pytorch-classic")
 
@@ -90,7 +95,7 @@ class IdealStep:
     """
 
     def __init__(self, arch: str, concat: bool, projection_size: int = 256, hidden: int = 4096,
-                 tau: float = 0.996) -> None:
+                 tau: float = 0.996, channels_last: bool = False) -> None:
         backbone = make_backbone(arch)
         backbone.fc = nn.Identity()
         self.encoder = backbone
@@ -103,6 +108,7 @@ class IdealStep:
         self.optimizer = torch.optim.Adam(self.online + list(self.predictor.parameters()), lr=1e-3)
         self.concat = concat
         self.tau = tau
+        self.channels_last = channels_last
 
     @staticmethod
     def _loss(q: Tensor, z: Tensor) -> Tensor:
@@ -110,6 +116,8 @@ class IdealStep:
 
     def __call__(self, x: Tensor) -> None:
         view1, view2 = x, x  # augmentation off, as for the other contestants
+        if self.channels_last:
+            view1 = view2 = x.contiguous(memory_format=torch.channels_last)
         if self.concat:
             both = torch.cat((view1, view2))
             q1, q2 = self.predictor(self.projector(self.encoder(both))).chunk(2)
@@ -152,7 +160,8 @@ def build(name: str, arch: str, image_size: int, hidden: int = 4096) -> Callable
     """Contestant ``name`` as a callable doing one training step on a batch."""
     torch.manual_seed(0)
     if name.startswith("ideal"):
-        return IdealStep(arch, concat=name.endswith("concat"), hidden=hidden)
+        return IdealStep(arch, concat=name.endswith("concat"), hidden=hidden,
+                         channels_last=name.endswith("channels-last"))
     return LibraryStep(name, arch, image_size, hidden)
 
 
@@ -272,6 +281,9 @@ PAIRS = {
     "a_wrap_vs_ideal": ("byol-wrap", "ideal"),
     "a_wrap_per_view_vs_ideal": ("byol-wrap-per-view", "ideal"),
     "a_wrap_vs_ideal_concat": ("byol-wrap", "ideal-concat"),
+    "a_wrap_vs_ideal_channels_last": ("byol-wrap", "ideal-channels-last"),
+    "b_wrap_preserve_vs_byol_pytorch": ("byol-wrap-preserve", "byol-pytorch"),
+    "channels_last_vs_preserve_wrap": ("byol-wrap", "byol-wrap-preserve"),
     "b_wrap_per_view_vs_byol_pytorch": ("byol-wrap-per-view", "byol-pytorch"),
     "one_pass_vs_per_view_wrap": ("byol-wrap-one-pass", "byol-wrap-per-view"),
     "b_wrap_one_pass_vs_byol_pytorch": ("byol-wrap-one-pass", "byol-pytorch"),

@@ -33,6 +33,7 @@ from .ema import PAPER_MOVING_AVERAGE_DECAY, cosine_tau, ema_update_
 from .heads import MLP, resolve_sync_batchnorm
 from .hooks import AmbiguousOutputError, HiddenLayerNotRunError, LayerSpec, RepresentationExtractor, resolve_layer
 from .loss import symmetric_byol_loss
+from .memory_format import MemoryFormat, channels_last_problem, check_memory_format, has_conv2d, wants_channels_last
 from .pooling import Pooling
 from .probe import (
     PROBE_ERRORS,
@@ -183,6 +184,14 @@ class BYOL(nn.Module):
             back) or in the online weights at :meth:`update_moving_average` (target kept),
             and warn once when float images lie far outside [0, 1] with the default
             augmentations. Each check costs a host sync; ``False`` turns them all off.
+        memory_format: the layout of the views the net receives. ``"auto"`` (default):
+            channels-last (NHWC) on the CPU for nets with an ``nn.Conv2d`` whose
+            representation does not depend on the layout (checked once at construction),
+            which makes every activation channels-last and the step faster (BENCHMARKS.md);
+            otherwise as they are. ``"channels_last"``: on every device (recommended on a
+            GPU with autocast); a ValueError if the net's output depends on the layout.
+            ``"preserve"``: the views as the augmentation returns them. The net's weights
+            are never converted; results agree to float rounding.
         use_simplicial_embeddings, sem_num_simplices, sem_simplex_dim, sem_temperature:
             byol-pytorch's keywords, accepted for migration; ``True`` raises (no counterpart).
 
@@ -216,6 +225,7 @@ class BYOL(nn.Module):
         concat_views: Optional[bool] = None,
         input_shape: Optional[Sequence[int]] = None,
         check_finite: bool = True,
+        memory_format: MemoryFormat = "auto",
         use_simplicial_embeddings: bool = False,
         sem_num_simplices: int = 32,
         sem_simplex_dim: int = 8,
@@ -224,6 +234,8 @@ class BYOL(nn.Module):
         super().__init__()
         check_arguments(net, moving_average_decay, total_steps, augment_fn, augment_fn2)
         check_simplicial_embeddings(use_simplicial_embeddings)
+        check_memory_format(memory_format)
+        self.memory_format = memory_format
         self.check_finite = bool(check_finite)
         self._range_warned = False
         self.net = net
@@ -240,6 +252,7 @@ class BYOL(nn.Module):
         self._set_augmentations(augment_fn, augment_fn2, normalize)
         device, dtype = module_device_dtype(net)
         self.representation_size, unused = self._probe(device, dtype, image_size)
+        self._channels_last = self._channels_last_suits(device, dtype)
         # Unused backbone parameters (e.g. the classifier after the hidden layer) get no
         # gradient; DistributedDataParallel would fail on them without this list.
         self._ddp_params_and_buffers_to_ignore = [f"net.{name}" for name in unused]
@@ -285,6 +298,19 @@ class BYOL(nn.Module):
             )
         unused = [name for (name, _), g in zip(trainable, grads) if g is None]
         return int(representation.shape[1]), unused
+
+    def _channels_last_suits(self, device: torch.device, dtype: torch.dtype) -> bool:
+        """Whether the views may go to the net as channels-last (``memory_format``)."""
+        if self.memory_format == "preserve":
+            return False
+        if self.memory_format == "auto" and (device.type != "cpu" or not has_conv2d(self.net)):
+            return False
+        problem = channels_last_problem(self.net, lambda x: self.extractor(self.net, x), self.input_shape, device,
+                                        dtype)
+        if problem is not None and self.memory_format == "channels_last":
+            raise ValueError(f"memory_format='channels_last' does not suit this net: {problem}. Use "
+                             f"memory_format='preserve' (or 'auto', which checks this and falls back).")
+        return problem is None
 
     def _build_heads(self, projection_size: int, projection_hidden_size: int, sync_batchnorm: Optional[bool],
                      device: torch.device, dtype: torch.dtype) -> None:
@@ -411,8 +437,11 @@ class BYOL(nn.Module):
     def _normalize(self, x: Tensor) -> Tensor:
         return self.normalizer(x) if self.normalizer is not None else x
 
-    def _to_net_dtype(self, x: Tensor) -> Tensor:
+    def _to_net_input(self, x: Tensor) -> Tensor:
+        """``x`` in the net's dtype, and channels-last when ``memory_format`` asks for it."""
         _, dtype = module_device_dtype(self.net)
+        if wants_channels_last(self.memory_format, self._channels_last, x):
+            return x.to(dtype=dtype, memory_format=torch.channels_last)
         return x if x.dtype == dtype else x.to(dtype)
 
     # ------------------------------------------------------------------ public API
@@ -430,7 +459,7 @@ class BYOL(nn.Module):
         """
         x = self._check_input(x, augmented=not return_embedding)
         if return_embedding:
-            projection, representation = self._online(self._to_net_dtype(self._normalize(x)))
+            projection, representation = self._online(self._to_net_input(self._normalize(x)))
             return (projection, representation) if return_projection else representation
         if not self.check_finite:
             return self._loss(x)
@@ -444,8 +473,8 @@ class BYOL(nn.Module):
         view1, view2 = self.augment1(x), self.augment2(x)
         if not self.uses_default_augmentations:
             self._check_views(view1, view2)
-        view1 = self._to_net_dtype(self._normalize(view1))
-        view2 = self._to_net_dtype(self._normalize(view2))
+        view1 = self._to_net_input(self._normalize(view1))
+        view2 = self._to_net_input(self._normalize(view2))
         if self.view_batching != "per_view" and view1.shape == view2.shape:
             return self._loss_concatenated(view1, view2)
         projection1, _ = self._online(view1)
@@ -546,5 +575,6 @@ class BYOL(nn.Module):
         return (
             f"hidden_layer={self.extractor.layer!r}, representation_size={self.representation_size}, "
             f"moving_average_decay={self.moving_average_decay}, total_steps={self.total_steps}, "
-            f"use_momentum={self.use_momentum}, view_batching={self.view_batching!r}"
+            f"use_momentum={self.use_momentum}, view_batching={self.view_batching!r}, "
+            f"memory_format={self.memory_format!r}"
         )

@@ -277,6 +277,7 @@ def pretrain(
     """
     require_extras()
     world = _World(device)
+    created = not Path(out).exists()
     try:
         run = _Run(world, data, Path(out), model, dict(
             hidden_layer=hidden_layer, weights=weights, image_size=image_size, batch_size=batch_size, steps=steps,
@@ -286,8 +287,20 @@ def pretrain(
             precision=precision, checkpoint_every=checkpoint_every, log_every=log_every, knn_data=knn_data,
             seed=seed, overwrite=overwrite, strict=strict, progress=progress))
         return run.train()
+    except BaseException:
+        if created and world.main:
+            _remove_if_empty(Path(out))
+        raise
     finally:
         world.close()
+
+
+def _remove_if_empty(out: Path) -> None:
+    """Remove RUN_DIR that this call created when a failure left nothing in it."""
+    try:
+        out.rmdir()  # fails (and keeps the folder) unless it is empty
+    except OSError:
+        pass
 
 
 class _Run:

@@ -57,6 +57,20 @@ def test_folder_without_images_names_the_extensions(capsys, tmp_path):
     (empty / "readme.txt").write_text("no images here")
     code, err = run(capsys, "pretrain", empty, "--out", tmp_path / "run", *SMALL)
     assert_one_line(code, err, str(empty), ".jpg", ".png", ".webp", ".tiff")
+    assert not (tmp_path / "run").exists(), "a failed start left an empty RUN_DIR behind"
+
+
+def test_a_failed_start_keeps_a_run_dir_that_existed(capsys, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's")
+    code, err = run(capsys, "pretrain", tmp_path / "no_such_folder", "--out", out, *SMALL)
+    assert code == 2, err
+    assert (out / "notes.txt").read_text() == "the user's"
+    empty_existing = tmp_path / "existing"
+    empty_existing.mkdir()
+    run(capsys, "pretrain", tmp_path / "no_such_folder", "--out", empty_existing, *SMALL)
+    assert empty_existing.is_dir(), "a folder the user made was removed"
 
 
 def test_unknown_model_suggests_close_names(capsys, images, tmp_path):
