@@ -124,6 +124,16 @@ class _World:
         dist.all_reduce(value)
         return bool(value.item() > 0)
 
+    def mean(self, value: float) -> float:
+        """The mean of ``value`` over the ranks (``value`` itself without torchrun)."""
+        if not self.distributed:
+            return value
+        import torch.distributed as dist
+
+        total = torch.tensor([value], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(total)
+        return float(total.item()) / self.size
+
     def close(self) -> None:
         if self.initialised_here:
             import torch.distributed as dist
@@ -684,7 +694,7 @@ class _Run:
                     now = time.perf_counter()
                     seconds = max(now - window_start, 1e-9)
                     collapse = collapse_metric(projections) if projections is not None else None
-                    row = {"step": self.step, "epoch": self.epoch, "loss": loss.item(),
+                    row = {"step": self.step, "epoch": self.epoch, "loss": self.world.mean(loss.item()),
                            "tau": self.step_tau, "lr": self.step_lr,
                            "images_per_s": window_images / seconds, "data_wait": data_wait / seconds,
                            "collapse": collapse, "skipped": len(self.skipped)}

@@ -216,3 +216,51 @@ def test_non_square_output():
     assert byol_augmentation((24, 40))(torch.rand(2, 3, 50, 50)).shape == (2, 3, 24, 40)
     with pytest.raises(ValueError, match="view"):
         byol_augmentation(32, view=3)
+
+
+def test_shift_hue_matches_colorsys_and_kornia():
+    import colorsys
+    import math
+
+    from kornia.enhance import adjust_hue
+
+    from byol_wrap.augment import shift_hue
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(6, 3, 5, 7, generator=generator, dtype=torch.float64)
+    images[0, :, 0, 0] = torch.tensor([0.3, 0.3, 0.3], dtype=torch.float64)  # grey: hue undefined, left as is
+    images[1, :, 0, 0] = torch.tensor([0.8, 0.8, 0.1], dtype=torch.float64)  # two channels tie for the maximum
+    angles = (torch.rand(6, generator=generator, dtype=torch.float64) - 0.5) * 2 * math.pi
+    angles[2] = math.pi  # half a turn
+    out = shift_hue(images, angles)
+    expected = torch.empty_like(images)
+    for n in range(6):
+        for i in range(5):
+            for j in range(7):
+                h, s, v = colorsys.rgb_to_hsv(*images[n, :, i, j].tolist())
+                expected[n, :, i, j] = torch.tensor(colorsys.hsv_to_rgb((h + angles[n].item() / (2 * math.pi)) % 1.0,
+                                                                        s, v), dtype=torch.float64)
+    assert_close_scaled(out, expected, rtol=1e-9, msg="shift_hue vs colorsys")
+    assert_close_scaled(shift_hue(images.float(), angles.float()), adjust_hue(images.float(), angles.float()),
+                        rtol=1e-5, msg="shift_hue vs kornia.enhance.adjust_hue")
+
+
+def test_default_colour_jitter_uses_the_fast_hue_step():
+    import byol_wrap.augment as augment
+
+    calls = []
+    original = augment.shift_hue
+
+    def spy(images, angle):
+        calls.append(images.shape[0])
+        return original(images, angle)
+
+    t1, t2 = default_augmentations(16)
+    for t in (t1, t2):
+        jitter = _find(t, K.ColorJitter)[0]
+        assert jitter._hue_fn is original, "kornia no longer calls _hue_fn: the fast hue step is not used"
+        jitter._hue_fn = spy
+        jitter.p = 1.0
+        torch.manual_seed(0)
+        jitter(torch.rand(4, 3, 16, 16))
+    assert calls == [4, 4], calls

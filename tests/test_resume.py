@@ -177,3 +177,21 @@ def test_torchrun_two_cpu_processes_crash_and_resume(tmp_path):
     assert sorted(line.split("\t")[0] for line in (out / "skipped.txt").read_text().splitlines()) == broken
     assert len(list((out / "tensorboard").glob("events.*"))) == 2, "one event file per launch: rank 0's"
     torch.load(out / "encoder.pt", weights_only=True)
+
+
+def test_logged_loss_is_the_mean_over_ranks(tmp_path):
+    """metrics.jsonl's loss under torchrun is every rank's loss averaged (_World.mean), not rank 0's."""
+    script = tmp_path / "mean.py"
+    script.write_text(
+        "import os\n"
+        "from byol_wrap.train import _World\n"
+        "world = _World('cpu')\n"
+        "print(f'rank {world.rank}: {world.mean(float(world.rank + 1) ** 2)!r}', flush=True)\n"
+        "world.close()\n"
+    )
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(script)], env=environment(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    expected = (1.0 ** 2 + 2.0 ** 2) / 2
+    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank "))
+    assert lines == [f"rank 0: {expected!r}", f"rank 1: {expected!r}"], result.stdout
