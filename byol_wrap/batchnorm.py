@@ -154,8 +154,7 @@ def inside_batchnorm(net: nn.Module, name: Optional[str]) -> Optional[str]:
 
 
 #: ``view_batching="auto"`` runs the views in one pass up to this many pixels per view (48 x 48): on a CPU one
-#: pass was faster at 32 px and slower than one forward per view from 64 px on (BENCHMARKS.md); the split and
-#: concatenation at every BatchNorm layer copy the activations.
+#: pass was faster at 32 px, even at 64 px and slower from 96 px on (BENCHMARKS.md, NCHW and channels-last views).
 ONE_PASS_MAX_PIXELS = 48 * 48
 
 
