@@ -106,8 +106,8 @@ def blur_kernel_size(side: int) -> int:
     return max(3, int(0.1 * side) // 2 * 2 + 1)
 
 
-def shift_hue(images: Tensor, angle: Tensor) -> Tensor:
-    """Rotate the HSV hue of RGB images in [0, 1] by ``angle`` radians, one angle per image.
+def shift_hue(image: Tensor, factor: Union[float, Tensor]) -> Tensor:
+    """Rotate the HSV hue of RGB images in [0, 1] by ``factor`` radians, one angle per image (or one for all).
 
     The same function as ``kornia.enhance.adjust_hue`` (RGB -> HSV, hue + angle modulo
     2 pi, back to RGB), written as a few whole-tensor operations: hue in sixths of a turn
@@ -120,14 +120,15 @@ def shift_hue(images: Tensor, angle: Tensor) -> Tensor:
         >>> shift_hue(red, torch.tensor([2 * math.pi / 3])).flatten().tolist()  # a third of a turn: green
         [0.0, 1.0, 0.0]
     """
-    value = images.amax(dim=-3, keepdim=True)
-    chroma = value - images.amin(dim=-3, keepdim=True)
+    value = image.amax(dim=-3, keepdim=True)
+    chroma = value - image.amin(dim=-3, keepdim=True)
     safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
-    red, green, blue = images.split(1, dim=-3)
+    red, green, blue = image.split(1, dim=-3)
     sixths = torch.where(value == red, (green - blue) / safe,
                          torch.where(value == green, (blue - red) / safe + 2, (red - green) / safe + 4))
-    offsets = torch.tensor([5.0, 3.0, 1.0], device=images.device, dtype=images.dtype).view(3, 1, 1)
-    turn = angle.to(device=images.device, dtype=images.dtype).reshape(-1, *([1] * (images.ndim - 1)))
+    offsets = torch.tensor([5.0, 3.0, 1.0], device=image.device, dtype=image.dtype).view(3, 1, 1)
+    angle = torch.as_tensor(factor, device=image.device, dtype=image.dtype)
+    turn = angle.reshape(-1, *([1] * (image.ndim - 1)))
     k = torch.remainder(sixths + turn * (3 / math.pi) + offsets, 6)
     return value - chroma * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
 
