@@ -568,6 +568,17 @@ def _is_digits(data: Any) -> bool:
     return isinstance(data, str) and data == "digits" and not Path(data).exists()
 
 
+def digits_dataset(load_size: Optional[Size] = None, strict: bool = False) -> ImageTensors:
+    """The built-in offline training set: the training split of :func:`load_digits` at ``load_size`` (32).
+
+    Example:
+        >>> len(digits_dataset(16))
+        1438
+    """
+    images, labels, _, _ = load_digits(load_size if load_size is not None else 32)
+    return ImageTensors(images, labels, name="digits", strict=strict)
+
+
 # ----------------------------------------------------------------------------- dispatch
 def open_images(data: DataArg, load_size: Optional[Size], strict: bool = False) -> Dataset:
     """The training images ``data`` names, as a Dataset of ``(image or None, index, reason)`` items.
@@ -597,8 +608,7 @@ def open_images(data: DataArg, load_size: Optional[Size], strict: bool = False) 
     if isinstance(data, Tensor):
         return ImageTensors(_tensor_batch_to_uint8(data), name="images", strict=strict)
     if _is_digits(data):
-        images, labels, _, _ = load_digits(load_size if load_size is not None else 32)
-        return ImageTensors(images, labels, name="digits", strict=strict)
+        return digits_dataset(load_size, strict)
     if not isinstance(data, (str, os.PathLike)):
         return UserImages(data, load_size, strict)
     path = Path(data)

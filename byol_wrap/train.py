@@ -393,8 +393,12 @@ class _Run:
             self.model = DistributedDataParallel(
                 self.learner, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
-        knn_data = options["knn_data"] or ("digits" if self.is_digits else None)
-        self.knn = data_module.load_labelled(knn_data, self.image_size) if knn_data is not None else None
+        knn_data = options["knn_data"]
+        self.knn: Optional[Tuple[Tensor, Tensor, Tensor, Tensor]]
+        if knn_data is not None:
+            self.knn = data_module.load_labelled(knn_data, self.image_size)
+        else:
+            self.knn = data_module.load_digits(self.image_size) if self.is_digits else None
 
         self.step = self.epoch = self.batch_in_epoch = 0
         self.skipped: List[Tuple[str, str]] = []
@@ -414,7 +418,7 @@ class _Run:
             self.image_size = _positive_int("image_size", image_size)
         if self.is_digits:
             self.image_size = self.image_size if image_size is not None else 32
-            return dm.open_images("digits", self.image_size, strict)
+            return dm.digits_dataset(self.image_size, strict)  # also when a folder named "digits" is here
         is_file_data = isinstance(data, (str, os.PathLike)) and not str(data).lower().endswith(".npz")
         if image_size is None and is_file_data:
             small = isinstance(model, str) and model.strip().startswith("byol_wrap/")

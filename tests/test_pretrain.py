@@ -259,3 +259,15 @@ def test_a_collapsed_run_warns_loudly(tmp_path, capsys):
     warnings = [line for line in capsys.readouterr().err.splitlines() if "collapsing" in line]
     assert len(warnings) == 2, "once per checkpoint interval while it lasts"
     assert warnings[0].startswith("WARNING") and "step 1" in warnings[0] and "< 0.1" in warnings[0]
+
+
+def test_the_builtin_default_is_not_shadowed_by_a_folder_named_digits(tmp_path, monkeypatch):
+    """``byol-wrap pretrain --out digits`` (no DATA) trains on the built-in digits even though RUN_DIR, created
+    first, is then a folder named ``digits`` in the working directory."""
+    monkeypatch.chdir(tmp_path)
+    pretrain(None, out="digits", steps=2, checkpoint_every=2, log_every=1, **SMALL)
+    rows = [json.loads(line) for line in (tmp_path / "digits" / "metrics.jsonl").read_text().splitlines()]
+    knn = [row["knn"] for row in rows if "knn" in row]
+    assert len(knn) == 2 and all(0.0 <= value <= 1.0 for value in knn), rows
+    state = torch.load(tmp_path / "digits" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["arguments"]["data"] == "digits", state["arguments"]
