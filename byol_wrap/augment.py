@@ -120,6 +120,12 @@ def shift_hue(image: Tensor, factor: Union[float, Tensor]) -> Tensor:
         >>> shift_hue(red, torch.tensor([2 * math.pi / 3])).flatten().tolist()  # a third of a turn: green
         [0.0, 1.0, 0.0]
     """
+    if image.ndim < 3 or image.shape[-3] != 3:
+        raise ValueError(f"shift_hue takes RGB images (..., 3, H, W), got shape {tuple(image.shape)}")
+    angle = torch.as_tensor(factor, device=image.device, dtype=image.dtype)
+    batch = image.shape[0] if image.ndim > 3 else 1
+    if angle.numel() not in (1, batch):
+        raise ValueError(f"shift_hue takes one angle, or one per image ({batch}), got {angle.numel()}")
     value = image.amax(dim=-3, keepdim=True)
     chroma = value - image.amin(dim=-3, keepdim=True)
     safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
@@ -127,8 +133,7 @@ def shift_hue(image: Tensor, factor: Union[float, Tensor]) -> Tensor:
     sixths = torch.where(value == red, (green - blue) / safe,
                          torch.where(value == green, (blue - red) / safe + 2, (red - green) / safe + 4))
     offsets = torch.tensor([5.0, 3.0, 1.0], device=image.device, dtype=image.dtype).view(3, 1, 1)
-    angle = torch.as_tensor(factor, device=image.device, dtype=image.dtype)
-    turn = angle.reshape(-1, *([1] * (image.ndim - 1)))
+    turn = angle.reshape(-1, *([1] * (image.ndim - 1))) if image.ndim > 3 else angle.reshape(1, 1, 1)
     k = torch.remainder(sixths + turn * (3 / math.pi) + offsets, 6)
     return value - chroma * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
 
@@ -136,13 +141,15 @@ def shift_hue(image: Tensor, factor: Union[float, Tensor]) -> Tensor:
 def with_fast_hue(jitter: K.ColorJitter) -> K.ColorJitter:
     """``jitter`` with its hue step computed by :func:`shift_hue` (2-3x faster than Kornia's on a CPU,
     same result to float rounding; BENCHMARKS.md). Kornia keeps its step functions in attributes
-    (``_hue_fn``, taking radians); a Kornia without that attribute keeps its own.
+    (``_hue_fn``, taking radians); a Kornia without that attribute keeps its own, and so does a
+    jitter with a fixed ``order`` (Kornia then calls its own functions). Call ``jitter.compile()``
+    after this, not before, or the compiled hue step is replaced by this uncompiled one.
 
     Example:
         >>> with_fast_hue(K.ColorJitter(hue=0.1))._hue_fn is shift_hue
         True
     """
-    if hasattr(jitter, "_hue_fn"):
+    if hasattr(jitter, "_hue_fn") and getattr(jitter, "_fixed_order", None) is None:
         jitter._hue_fn = shift_hue
     return jitter
 

@@ -154,7 +154,7 @@ def inside_batchnorm(net: nn.Module, name: Optional[str]) -> Optional[str]:
 
 
 #: ``view_batching="auto"`` runs the views in one pass up to this many pixels per view (48 x 48): on a CPU one
-#: pass was faster at 32 px, even at 64 px and slower from 96 px on (BENCHMARKS.md, NCHW and channels-last views).
+#: pass was faster at 32 px, within noise at 64 px and slower at 96 px (BENCHMARKS.md), so the cut-off lies between.
 ONE_PASS_MAX_PIXELS = 48 * 48
 
 

@@ -186,12 +186,14 @@ class BYOL(nn.Module):
             augmentations. Each check costs a host sync; ``False`` turns them all off.
         memory_format: the layout of the views the net receives. ``"auto"`` (default):
             channels-last (NHWC) on the CPU for nets with an ``nn.Conv2d`` whose
-            representation does not depend on the layout (checked once at construction),
-            which makes every activation channels-last and the step faster (BENCHMARKS.md);
-            otherwise as they are. ``"channels_last"``: on every device (recommended on a
-            GPU with autocast); a ValueError if the net's output depends on the layout.
-            ``"preserve"``: the views as the augmentation returns them. The net's weights
-            are never converted; results agree to float rounding.
+            representation does not depend on the layout, which makes every activation
+            channels-last and the step faster (BENCHMARKS.md); otherwise as they are. The
+            check runs once, at construction, in eval mode, and only when the net is on the
+            CPU then (a net built on a GPU keeps its layout if moved to the CPU later).
+            ``"channels_last"``: on every device (PyTorch's advice for convnets on GPUs with
+            autocast; not measured here); a ValueError if the net's output depends on the
+            layout. ``"preserve"``: the views as the augmentation returns them. The net's
+            weights are never converted; results agree to float rounding.
         use_simplicial_embeddings, sem_num_simplices, sem_simplex_dim, sem_temperature:
             byol-pytorch's keywords, accepted for migration; ``True`` raises (no counterpart).
 
@@ -349,9 +351,16 @@ class BYOL(nn.Module):
         except (HiddenLayerNotRunError, AmbiguousOutputError, NonFiniteError):
             raise
         except PROBE_ERRORS as error:
-            if tuple(x.shape[1:]) == self.input_shape:
-                raise
-            raise ValueError(self._size_message(x, f"{type(self.net).__name__} fails on them ({error})")) from error
+            if tuple(x.shape[1:]) != self.input_shape:
+                raise ValueError(self._size_message(x, f"{type(self.net).__name__} fails on them ({error})")) from error
+            if wants_channels_last(self.memory_format, self._channels_last, x):
+                raise RuntimeError(
+                    f"{type(self.net).__name__} failed on the channels-last views that memory_format="
+                    f"{self.memory_format!r} gives it ({type(error).__name__}: {error}). If it works on ordinary "
+                    f"(NCHW) input, its forward depends on the memory layout in training mode, which the check at "
+                    f"construction (eval mode) cannot see: pass BYOL(..., memory_format='preserve')."
+                ) from error
+            raise
         if representation.ndim != 2 or representation.shape[1] != self.representation_size:
             raise ValueError(self._size_message(
                 x, f"the hidden layer gives a representation of shape {tuple(representation.shape[1:])} instead of "

@@ -94,8 +94,8 @@ def wants_channels_last(memory_format: str, suitable: bool, x: Tensor) -> bool:
 
     ``"channels_last"``: always (``suitable`` was checked when it was chosen);
     ``"auto"``: when the net is ``suitable`` and ``x`` is a 4-D batch on the CPU (the
-    layout was measured faster there; on a GPU pass ``"channels_last"`` yourself, as
-    recommended with autocast); ``"preserve"``: never.
+    layout was measured faster there; not measured on a GPU, where you may pass
+    ``"channels_last"`` yourself); ``"preserve"``: never.
 
     Example:
         >>> wants_channels_last("auto", True, torch.zeros(2, 3, 8, 8))

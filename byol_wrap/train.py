@@ -287,7 +287,7 @@ def pretrain(
     """
     require_extras()
     world = _World(device)
-    created = not Path(out).exists()
+    created = _first_missing(Path(out))
     try:
         run = _Run(world, data, Path(out), model, dict(
             hidden_layer=hidden_layer, weights=weights, image_size=image_size, batch_size=batch_size, steps=steps,
@@ -298,19 +298,34 @@ def pretrain(
             seed=seed, overwrite=overwrite, strict=strict, progress=progress))
         return run.train()
     except BaseException:
-        if created and world.main:
-            _remove_if_empty(Path(out))
+        if created is not None and world.main:
+            _remove_if_empty(Path(out), created)
         raise
     finally:
         world.close()
 
 
-def _remove_if_empty(out: Path) -> None:
-    """Remove RUN_DIR that this call created when a failure left nothing in it."""
-    try:
-        out.rmdir()  # fails (and keeps the folder) unless it is empty
-    except OSError:
-        pass
+def _first_missing(path: Path) -> Optional[Path]:
+    """The outermost folder of ``path`` (itself or a parent) that does not exist yet, else None."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def _remove_if_empty(out: Path, created: Path) -> None:
+    """Remove RUN_DIR and the parents this call created (up to ``created``) that a failure left empty."""
+    folder = out
+    while True:
+        try:
+            folder.rmdir()  # fails (and keeps the folder) unless it is empty
+        except OSError:
+            return
+        if folder == created or folder.parent == folder:
+            return
+        folder = folder.parent
 
 
 class _Run:

@@ -60,6 +60,12 @@ def test_folder_without_images_names_the_extensions(capsys, tmp_path):
     assert not (tmp_path / "run").exists(), "a failed start left an empty RUN_DIR behind"
 
 
+def test_a_failed_start_removes_the_empty_parents_it_created(capsys, tmp_path):
+    code, err = run(capsys, "pretrain", tmp_path / "no_such_folder", "--out", tmp_path / "a" / "b" / "run", *SMALL)
+    assert code == 2, err
+    assert not (tmp_path / "a").exists(), sorted(str(p) for p in tmp_path.rglob("*"))
+
+
 def test_a_failed_start_keeps_a_run_dir_that_existed(capsys, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()

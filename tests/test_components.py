@@ -264,3 +264,22 @@ def test_default_colour_jitter_uses_the_fast_hue_step():
         torch.manual_seed(0)
         jitter(torch.rand(4, 3, 16, 16))
     assert calls == [4, 4], calls
+
+
+def test_shift_hue_refuses_what_is_not_rgb_or_a_wrong_number_of_angles():
+    from byol_wrap.augment import shift_hue
+
+    with pytest.raises(ValueError, match="RGB"):
+        shift_hue(torch.rand(2, 1, 4, 4), 0.1)
+    with pytest.raises(ValueError, match="one angle, or one per image"):
+        shift_hue(torch.rand(2, 3, 4, 4), torch.ones(3))
+    single = torch.rand(3, 4, 4)
+    assert_close_scaled(shift_hue(single, 0.5), shift_hue(single[None], torch.tensor([0.5]))[0], rtol=1e-6,
+                        msg="an unbatched image")
+
+
+def test_fast_hue_is_not_installed_where_kornia_would_not_call_it():
+    from byol_wrap.augment import shift_hue, with_fast_hue
+
+    fixed = with_fast_hue(K.ColorJitter(hue=0.1, order=[3, 0]))
+    assert fixed._hue_fn is not shift_hue

@@ -44,6 +44,19 @@ class LayoutReadingNet(nn.Module):
         return torch.as_strided(y, (y.shape[0], 16), (y.stride(0), 1))
 
 
+class TrainingViewNet(nn.Module):
+    """Flattens with ``.view`` in training mode only: the eval-mode check at construction cannot see it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=2)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return y.view(y.shape[0], -1) if self.training else y.flatten(1)
+
+
 def record_input_layouts(net):
     """A list that receives, for every forward of ``net``'s first conv, whether its input was channels-last."""
     seen = []
@@ -118,9 +131,13 @@ def test_nets_without_conv2d_and_non_image_inputs_are_left_alone():
     learner = BYOL(mlp, image_size=8, hidden_layer=None, projection_size=8, projection_hidden_size=16)
     assert learner._channels_last is False
     conv1d = nn.Sequential(nn.Conv1d(2, 4, 3), nn.AdaptiveAvgPool1d(1), nn.Flatten())
-    learner1d = BYOL(conv1d, input_shape=(2, 20), hidden_layer=None, augment_fn=lambda x: x,
+    learner1d = BYOL(conv1d, input_shape=(2, 20), hidden_layer=None, augment_fn=lambda x: x.flip(-1),
                      projection_size=8, projection_hidden_size=16)
+    assert learner1d._channels_last is False
+    strides = []
+    conv1d[0].register_forward_pre_hook(lambda module, args: strides.append(args[0].stride()))
     learner1d(torch.rand(4, 2, 20)).backward()
+    assert strides and all(stride == (40, 20, 1) for stride in strides), strides  # contiguous (N, 2, 20)
     assert not wants_channels_last("auto", True, torch.zeros(2, 4, 20))
     assert not wants_channels_last("preserve", True, torch.zeros(2, 3, 8, 8))
     assert wants_channels_last("channels_last", True, torch.zeros(2, 3, 8, 8))
@@ -142,3 +159,30 @@ def test_the_check_leaves_the_net_and_the_global_rng_alone():
     after = net.state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert not changed, changed
+
+
+def test_channels_last_when_asked_gives_channels_last_views_and_the_same_loss():
+    auto, preserve = learners(conv_net)
+    asked = copy.deepcopy(preserve)
+    asked.memory_format = "channels_last"
+    asked._channels_last = True  # as BYOL(memory_format="channels_last") sets it after its check
+    built = BYOL(conv_net(), image_size=16, hidden_layer=None, memory_format="channels_last")
+    assert built._channels_last is True
+    seen = record_input_layouts(asked.net)
+    x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    assert_close_scaled(asked(x), preserve(x), rtol=1e-5, msg="loss, channels_last vs preserve")
+    assert seen and all(seen), seen
+
+
+def test_a_net_that_fails_on_channels_last_only_in_training_names_the_fix():
+    learner = BYOL(TrainingViewNet(), image_size=16, hidden_layer=None, projection_size=8,
+                   projection_hidden_size=16)
+    assert learner._channels_last is True  # the eval-mode check passes
+    before = {name: b.clone() for name, b in learner.named_buffers()}
+    with pytest.raises(RuntimeError, match="memory_format='preserve'"):
+        learner(torch.rand(4, 3, 16, 16))
+    changed = [name for name, b in learner.named_buffers() if not torch.equal(b, before[name])]
+    assert not changed, f"a failed step changed {changed}"
+    preserve = BYOL(TrainingViewNet(), image_size=16, hidden_layer=None, projection_size=8,
+                    projection_hidden_size=16, memory_format="preserve")
+    preserve(torch.rand(4, 3, 16, 16)).backward()

@@ -271,3 +271,24 @@ def test_the_builtin_default_is_not_shadowed_by_a_folder_named_digits(tmp_path, 
     assert len(knn) == 2 and all(0.0 <= value <= 1.0 for value in knn), rows
     state = torch.load(tmp_path / "digits" / "checkpoints" / "last.pt", weights_only=True)
     assert state["arguments"]["data"] == "digits", state["arguments"]
+
+
+def test_the_logged_loss_goes_through_the_mean_over_ranks(tmp_path, monkeypatch):
+    """metrics.jsonl logs ``_World.mean(loss)`` (the mean over torchrun's ranks; the loss itself alone).
+    A stand-in mean that adds 100 shows the logged value is the mean's, not the local loss."""
+    from byol_wrap import train
+
+    calls = []
+
+    def mean_plus_100(self, value):
+        calls.append(value)
+        return value + 100.0
+
+    monkeypatch.setattr(train._World, "mean", mean_plus_100)
+    root = tmp_path / "images"
+    write_images(root)
+    pretrain(root, out=tmp_path / "run", steps=3, checkpoint_every=3, log_every=1, **SMALL)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = [row["loss"] for row in rows if "loss" in row]
+    assert len(calls) == 3 and logged == [value + 100.0 for value in calls], (logged, calls)
+    assert all(0.0 <= value <= 8.0 for value in calls), calls  # 2 - 2 cos, summed over both directions
