@@ -1,10 +1,10 @@
 """The paper's two image augmentation distributions T and T', with Kornia, per sample.
 
 Every random parameter (crop box, flip, jitter factors, blur sigma, ...) is drawn
-independently for each image of the batch, on the batch's device. One exception: Kornia's
-``ColorJitter`` draws the order of its four adjustments once per batch, where the paper draws
-it per image; each image's augmentation has the paper's distribution, only images of one
-batch share that order.
+independently for each image of the batch, on the batch's device. The order of the four colour
+adjustments is drawn once per batch by default, as Kornia does, where the paper draws it per
+image: each image's augmentation has the paper's distribution, only the images of one batch
+share that order. ``jitter_order="image"`` draws it per image, at a cost (BENCHMARKS.md).
 
 Table 6 of Grill et al. (2020):
 
@@ -24,7 +24,7 @@ solarization probability   0.0     0.2
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import kornia.augmentation as K
 import torch
@@ -134,24 +134,91 @@ def shift_hue(image: Tensor, factor: Union[float, Tensor]) -> Tensor:
                          torch.where(value == green, (blue - red) / safe + 2, (red - green) / safe + 4))
     offsets = torch.tensor([5.0, 3.0, 1.0], device=image.device, dtype=image.dtype).view(3, 1, 1)
     turn = angle.reshape(-1, *([1] * (image.ndim - 1))) if image.ndim > 3 else angle.reshape(1, 1, 1)
-    k = torch.remainder(sixths + turn * (3 / math.pi) + offsets, 6)
+    k = sixths + (torch.remainder(turn * (3 / math.pi), 6) + offsets)  # in [-1, 17): the turn wrapped per image
+    k = k - 6 * torch.floor(k * (1 / 6))
     return value - chroma * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
 
 
-def with_fast_hue(jitter: K.ColorJitter) -> K.ColorJitter:
-    """``jitter`` with its hue step computed by :func:`shift_hue` (2-3x faster than Kornia's on a CPU,
-    same result to float rounding; BENCHMARKS.md). Kornia keeps its step functions in attributes
-    (``_hue_fn``, taking radians); a Kornia without that attribute keeps its own, and so does a
-    jitter with a fixed ``order`` (Kornia then calls its own functions). Call ``jitter.compile()``
-    after this, not before, or the compiled hue step is replaced by this uncompiled one.
+#: Kornia's names of the four jitter factors, in the order of the steps (brightness, contrast, saturation, hue).
+JITTER_FACTORS = ("brightness_factor", "contrast_factor", "saturation_factor", "hue_factor")
+_JITTER_NEUTRAL = (1.0, 1.0, 1.0, 0.0)
+#: ITU-R 601 luma weights, as ``kornia.color.rgb_to_grayscale``.
+_GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def _gray(image: Tensor) -> Tensor:
+    weights = torch.tensor(_GRAY_WEIGHTS, device=image.device, dtype=image.dtype).view(3, 1, 1)
+    return (image * weights).sum(dim=-3, keepdim=True)
+
+
+class ColorJitter(K.ColorJitter):
+    """Kornia's ``ColorJitter``, faster, and optionally with the paper's order per image.
+
+    Kornia draws one order of the four adjustments for the whole batch; the paper (appendix
+    B) draws it for each image, which ``per_image_order=True`` (the default here) does. The
+    orders are drawn with the other parameters, as ``params["sample_order"]`` (``(N, 4)``,
+    each row a permutation of 0-3: brightness, contrast, saturation, hue; with
+    ``per_image_order=False`` every row is Kornia's batch order), so
+    ``jitter(x, params=jitter._params)`` repeats a call. The steps are Kornia's
+    (``adjust_brightness_accumulative``, ``adjust_contrast_with_mean_subtraction``,
+    ``adjust_saturation_with_gray_subtraction``, ``adjust_hue``), written as a few
+    whole-tensor operations (brightness, contrast and saturation of one position in one
+    pass, :func:`shift_hue` for the hue); factors, ranges and probability are Kornia's.
 
     Example:
-        >>> with_fast_hue(K.ColorJitter(hue=0.1))._hue_fn is shift_hue
-        True
+        >>> jitter = ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=1.0)
+        >>> jitter(torch.rand(4, 3, 8, 8)).shape, tuple(jitter._params["sample_order"].shape)
+        (torch.Size([4, 3, 8, 8]), (4, 4))
     """
-    if hasattr(jitter, "_hue_fn") and getattr(jitter, "_fixed_order", None) is None:
-        jitter._hue_fn = shift_hue
-    return jitter
+
+    def __init__(self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0, hue: float = 0.0,
+                 p: float = 1.0, *, per_image_order: bool = True) -> None:
+        super().__init__(brightness, contrast, saturation, hue, p=p)
+        self.per_image_order = bool(per_image_order)
+
+    def generate_parameters(self, batch_shape: Tuple[int, ...]) -> Dict[str, Tensor]:
+        params = super().generate_parameters(batch_shape)
+        if self.per_image_order:
+            params["sample_order"] = torch.rand(batch_shape[0], 4).argsort(dim=1)
+        else:  # Kornia's one order for the batch
+            params["sample_order"] = params["order"].view(1, 4).expand(batch_shape[0], 4).clone()
+        return params
+
+    def apply_transform(self, input: Tensor, params: Dict[str, Tensor], flags: Dict[str, Any],
+                        transform: Optional[Tensor] = None) -> Tensor:
+        if input.shape[-3] != 3:
+            raise ValueError(f"ColorJitter takes RGB images (N, 3, H, W), got shape {tuple(input.shape)}")
+        out = input.clamp(0, 1)
+        n = out.shape[0]
+        order = params["sample_order"].cpu()  # (N, 4): the step at each position
+        # kornia hands over the whole batch and keeps the result where batch_prob is set: only those change
+        chosen = params["batch_prob"].cpu().bool() if "batch_prob" in params else torch.ones(n, dtype=torch.bool)
+        factors = torch.stack([params[key].cpu().double() for key in JITTER_FACTORS], dim=1)  # (N, 4) by step
+        factor = factors.gather(1, order)  # (N, 4) by position
+        neutral = torch.tensor(_JITTER_NEUTRAL, dtype=torch.float64)[order]
+        active = chosen[:, None] & (factor != neutral)
+        blend = active & (order < 3)
+        # brightness, contrast and saturation as clamp(lerp(reference, x, weight)), the reference being 0, the
+        # mean grey level or the grey image; weight 1 (and reference 0) leaves an image exactly as it is
+        on_device = torch.stack([torch.where(blend, factor, torch.ones_like(factor)),
+                                 (blend & (order == 2)).double(), (blend & (order == 1)).double()])
+        on_device = on_device.to(device=out.device, dtype=out.dtype).view(3, n, 4, *([1] * (out.ndim - 1)))
+        weight, to_gray, to_mean = on_device
+        for position in range(4):
+            if bool(blend[:, position].any()):
+                reference: Union[Tensor, float] = 0.0
+                if bool((blend[:, position] & (order[:, position] > 0)).any()):
+                    gray = _gray(out)
+                    mean = gray.mean(dim=(-2, -1), keepdim=True)
+                    reference = gray * to_gray[:, position] + mean * to_mean[:, position]
+                out = torch.lerp(torch.as_tensor(reference, device=out.device, dtype=out.dtype), out,
+                                 weight[:, position]).clamp_(0, 1)
+            hue = (active[:, position] & (order[:, position] == 3)).nonzero().flatten()
+            if hue.numel():
+                index = hue.to(out.device)
+                turns = factor[hue, position].to(out.device, out.dtype)
+                out.index_copy_(0, index, shift_hue(out.index_select(0, index), turns * (2 * math.pi)))
+        return out
 
 
 def byol_augmentation(
@@ -163,6 +230,7 @@ def byol_augmentation(
     jitter_p: float = 0.8,
     blur_p: Optional[float] = None,
     solarize_p: Optional[float] = None,
+    jitter_order: str = "batch",
 ) -> nn.Sequential:
     """One of the paper's two augmentation pipelines, as a Kornia ``nn.Sequential``.
 
@@ -175,6 +243,9 @@ def byol_augmentation(
             colour jitter (the paper's values by default).
         blur_p, solarize_p: override the view's blur / solarization probability; a stage
             with probability 0 is left out.
+        jitter_order: ``"batch"`` (default): one random order of the four colour adjustments
+            per batch, as Kornia; ``"image"``: one per image, as the paper (slower on small
+            images; BENCHMARKS.md).
 
     Input: float RGB images in [0, 1], ``(N, 3, H, W)``, any device. Output: ``(N, 3, *image_size)``.
 
@@ -185,6 +256,8 @@ def byol_augmentation(
     """
     if view not in (1, 2):
         raise ValueError(f"view must be 1 (T) or 2 (T'), got {view!r}")
+    if jitter_order not in ("batch", "image"):
+        raise ValueError(f"jitter_order must be 'batch' or 'image', got {jitter_order!r}")
     height, width = image_size_pair(image_size)
     view_blur_p, view_solarize_p = (1.0, 0.0) if view == 1 else (0.1, 0.2)
     blur_p = view_blur_p if blur_p is None else blur_p
@@ -192,8 +265,8 @@ def byol_augmentation(
     stages: List[nn.Module] = [
         K.RandomResizedCrop((height, width), scale=(float(crop_scale[0]), float(crop_scale[1])), ratio=(3 / 4, 4 / 3)),
         K.RandomHorizontalFlip(p=0.5),
-        # the four adjustments in a random order (drawn per batch by kornia, per image in the paper)
-        with_fast_hue(K.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=jitter_p)),
+        ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=jitter_p,
+                    per_image_order=jitter_order == "image"),
         K.RandomGrayscale(p=0.2),
     ]
     if blur_p > 0:
@@ -212,16 +285,19 @@ def byol_augmentation(
 def default_augmentations(
     image_size: Union[int, Sequence[int]],
     normalize: Normalization = None,
+    jitter_order: str = "batch",
 ) -> Tuple[nn.Sequential, nn.Sequential]:
     """The pair ``(T, T')`` that ``BYOL`` uses by default (unnormalised: ``BYOL`` applies
     its ``normalize`` after them; pass ``normalize`` here to end both with it).
+    ``jitter_order="image"`` draws the colour jitter's order per image (see :func:`byol_augmentation`).
 
     Example:
         >>> t1, t2 = default_augmentations(64)
         >>> t2(torch.rand(2, 3, 64, 64)).shape
         torch.Size([2, 3, 64, 64])
     """
-    return byol_augmentation(image_size, 1, normalize), byol_augmentation(image_size, 2, normalize)
+    return (byol_augmentation(image_size, 1, normalize, jitter_order=jitter_order),
+            byol_augmentation(image_size, 2, normalize, jitter_order=jitter_order))
 
 
 def to_float_images(x: Tensor) -> Tensor:

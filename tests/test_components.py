@@ -245,25 +245,85 @@ def test_shift_hue_matches_colorsys_and_kornia():
                         rtol=1e-5, msg="shift_hue vs kornia.enhance.adjust_hue")
 
 
-def test_default_colour_jitter_uses_the_fast_hue_step():
+def test_default_colour_jitter_order_per_batch_per_image_on_request_and_the_fast_hue_step():
     import byol_wrap.augment as augment
 
     calls = []
     original = augment.shift_hue
 
-    def spy(images, angle):
-        calls.append(images.shape[0])
-        return original(images, angle)
+    def spy(image, factor):
+        calls.append(image.shape[0])
+        return original(image, factor)
 
     t1, t2 = default_augmentations(16)
     for t in (t1, t2):
         jitter = _find(t, K.ColorJitter)[0]
-        assert jitter._hue_fn is original, "kornia no longer calls _hue_fn: the fast hue step is not used"
-        jitter._hue_fn = spy
-        jitter.p = 1.0
+        assert isinstance(jitter, augment.ColorJitter) and not jitter.per_image_order, type(jitter)
+        torch.manual_seed(0)
+        jitter(torch.rand(6, 3, 16, 16))
+        orders = jitter._params["sample_order"]
+        assert (orders == orders[0]).all(), f"the default draws one order per batch (as Kornia): {orders.tolist()}"
+    paper = _find(byol_augmentation(16, view=2, jitter_order="image"), K.ColorJitter)[0]
+    assert paper.per_image_order
+    with pytest.raises(ValueError, match="jitter_order"):
+        byol_augmentation(16, jitter_order="sample")
+    augment.shift_hue = spy
+    try:
+        jitter = augment.ColorJitter(hue=0.1, p=1.0)
         torch.manual_seed(0)
         jitter(torch.rand(4, 3, 16, 16))
-    assert calls == [4, 4], calls
+    finally:
+        augment.shift_hue = original
+    assert sum(calls) == 4, calls  # each image's hue step once, through shift_hue
+
+
+@pytest.mark.parametrize("per_image_order", [True, False])
+def test_colour_jitter_applies_each_images_own_order(per_image_order):
+    """Against a per-image reference: Kornia's adjustment functions (its adjust_hue, not shift_hue), one image
+    at a time, in the order drawn for that image."""
+    from kornia.enhance import (
+        adjust_brightness_accumulative,
+        adjust_contrast_with_mean_subtraction,
+        adjust_hue,
+        adjust_saturation_with_gray_subtraction,
+    )
+
+    from byol_wrap.augment import JITTER_FACTORS, ColorJitter
+
+    reference_steps = (adjust_brightness_accumulative, adjust_contrast_with_mean_subtraction,
+                       adjust_saturation_with_gray_subtraction, lambda x, turns: adjust_hue(x, turns * 2 * math.pi))
+    jitter = ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=0.75,
+                         per_image_order=per_image_order)
+    torch.manual_seed(0)
+    x = torch.rand(24, 3, 6, 6)
+    out = jitter(x)
+    params = jitter._params
+    orders = params["sample_order"]
+    distinct = len({tuple(order.tolist()) for order in orders})
+    assert distinct > 4 if per_image_order else distinct == 1, orders
+    chosen = params["batch_prob"].bool()
+    assert 0 < int(chosen.sum()) < 24
+    for i in range(24):
+        expected = x[i:i + 1].clamp(0, 1)
+        if chosen[i]:
+            for step in orders[i].tolist():
+                expected = reference_steps[step](expected, params[JITTER_FACTORS[step]][i:i + 1])
+        else:
+            expected = x[i:i + 1]
+        assert_close_scaled(out[i:i + 1], expected.clamp(0, 1) if chosen[i] else expected, rtol=1e-5,
+                            msg=f"image {i}, order {orders[i].tolist()}, chosen {bool(chosen[i])}")
+    repeated = jitter(x, params=params)
+    assert torch.equal(repeated, out), "the same params must give the same images"
+
+
+def test_colour_jitter_orders_are_uniform_permutations():
+    from byol_wrap.augment import ColorJitter
+
+    torch.manual_seed(0)
+    orders = ColorJitter(0.4, 0.4, 0.2, 0.1).generate_parameters(torch.Size((4800, 3, 4, 4)))["sample_order"]
+    assert torch.equal(orders.sort(dim=1).values, torch.arange(4).expand(4800, 4)), "each row is a permutation"
+    counts = torch.unique(orders, dim=0, return_counts=True)[1]
+    assert len(counts) == 24 and counts.min() > 130 and counts.max() < 275, counts.tolist()  # 200 expected
 
 
 def test_shift_hue_refuses_what_is_not_rgb_or_a_wrong_number_of_angles():
@@ -276,10 +336,3 @@ def test_shift_hue_refuses_what_is_not_rgb_or_a_wrong_number_of_angles():
     single = torch.rand(3, 4, 4)
     assert_close_scaled(shift_hue(single, 0.5), shift_hue(single[None], torch.tensor([0.5]))[0], rtol=1e-6,
                         msg="an unbatched image")
-
-
-def test_fast_hue_is_not_installed_where_kornia_would_not_call_it():
-    from byol_wrap.augment import shift_hue, with_fast_hue
-
-    fixed = with_fast_hue(K.ColorJitter(hue=0.1, order=[3, 0]))
-    assert fixed._hue_fn is not shift_hue
