@@ -175,3 +175,15 @@ def test_quality_test_mode_scores_saved_encoders_on_the_test_split(tmp_path):
     data = common.load_data(npz)
     expected = 100 * quality.knn_eval(net, data["x_train"], data["y_train"], data["x_test"], data["y_test"], k=200)
     assert rows[0]["knn"] == pytest.approx(expected, abs=0.006)  # stored rounded to 0.01
+
+
+def test_color_jitter_script_runs(tmp_path):
+    from benchmarks import color_jitter
+
+    out = tmp_path / "c.json"
+    payload = color_jitter.main(["--threads", "1", "--repeats", "1", "--out", str(out)])
+    assert json.loads(out.read_text())["cases"] == payload["cases"]
+    for case in payload["cases"].values():
+        assert set(case) == {"byol-wrap, order per batch (default)", "byol-wrap, order per image",
+                             "kornia ColorJitter", "hue step: shift_hue", "hue step: kornia adjust_hue"}
+        assert all(ms > 0 for ms in case.values()), case
