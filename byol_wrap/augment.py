@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import kornia.augmentation as K
 import torch
+from kornia.color import rgb_to_grayscale
 from torch import Tensor, nn
 
 from .probe import image_size_pair
@@ -142,14 +143,6 @@ def shift_hue(image: Tensor, factor: Union[float, Tensor]) -> Tensor:
 #: Kornia's names of the four jitter factors, in the order of the steps (brightness, contrast, saturation, hue).
 JITTER_FACTORS = ("brightness_factor", "contrast_factor", "saturation_factor", "hue_factor")
 _JITTER_NEUTRAL = (1.0, 1.0, 1.0, 0.0)
-#: ITU-R 601 luma weights, as ``kornia.color.rgb_to_grayscale``.
-_GRAY_WEIGHTS = (0.299, 0.587, 0.114)
-
-
-def _gray(image: Tensor) -> Tensor:
-    weights = torch.tensor(_GRAY_WEIGHTS, device=image.device, dtype=image.dtype).view(3, 1, 1)
-    return (image * weights).sum(dim=-3, keepdim=True)
-
 
 class ColorJitter(K.ColorJitter):
     """Kornia's ``ColorJitter``, faster, and optionally with the paper's order per image.
@@ -208,7 +201,7 @@ class ColorJitter(K.ColorJitter):
             if bool(blend[:, position].any()):
                 reference: Union[Tensor, float] = 0.0
                 if bool((blend[:, position] & (order[:, position] > 0)).any()):
-                    gray = _gray(out)
+                    gray = rgb_to_grayscale(out)
                     mean = gray.mean(dim=(-2, -1), keepdim=True)
                     reference = gray * to_gray[:, position] + mean * to_mean[:, position]
                 out = torch.lerp(torch.as_tensor(reference, device=out.device, dtype=out.dtype), out,

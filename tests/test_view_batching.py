@@ -111,10 +111,13 @@ def compare_steps(one_pass, per_view, size, steps=2, rtol=1e-4):
 
 @pytest.mark.parametrize("name", sorted(NETS))
 def test_one_pass_equals_one_forward_per_view(name):
+    # float64: the two paths sum in another order, and in float32 BatchNorm over a few samples (1 x 1 maps of
+    # ResNet-18 at 32 px) amplifies that rounding after an SGD step beyond 1e-4 for some inputs; in float64 the
+    # two agree to better than 1e-10, so a real difference in the statistics cannot hide under the tolerance
     make, layer, size = NETS[name]
-    one_pass, per_view = pair(make, layer, size)
+    one_pass, per_view = pair(lambda: make().double(), layer, size)
     before = network_vars(one_pass)
-    compare_steps(one_pass, per_view, size)
+    compare_steps(one_pass, per_view, size, rtol=1e-8)
     assert network_vars(one_pass) == before  # nothing left behind on any layer
 
 
