@@ -8,18 +8,18 @@ share that order. ``jitter_order="image"`` draws it per image, at a cost (BENCHM
 
 Table 6 of Grill et al. (2020):
 
-=========================  ======  ======
-parameter                  T       T'
-=========================  ======  ======
-random crop probability    1.0     1.0
-flip probability           0.5     0.5
-colour jitter probability  0.8     0.8
-brightness / contrast      0.4     0.4
-saturation / hue           0.2/0.1 0.2/0.1
-grayscale probability      0.2     0.2
-Gaussian blur probability  1.0     0.1
-solarization probability   0.0     0.2
-=========================  ======  ======
+=========================  =======  =======
+parameter                  T        T'
+=========================  =======  =======
+random crop probability    1.0      1.0
+flip probability           0.5      0.5
+colour jitter probability  0.8      0.8
+brightness / contrast      0.4      0.4
+saturation / hue           0.2/0.1  0.2/0.1
+grayscale probability      0.2      0.2
+Gaussian blur probability  1.0      0.1
+solarization probability   0.0      0.2
+=========================  =======  =======
 """
 from __future__ import annotations
 

@@ -242,7 +242,8 @@ def load_encoder(path: Union[str, Path], device: Union[str, torch.device] = "cpu
     freshly built instance of the same architecture, and its weights are loaded into it.
 
     Raises:
-        FileNotFoundError / RuntimeError: a missing, truncated or foreign file.
+        FileNotFoundError: a missing file.
+        RuntimeError: a truncated or foreign file.
         RuntimeError: a spec that cannot be rebuilt here (asks for ``model=``).
         ValueError: weights that do not fit ``model`` (listing the keys).
 

@@ -25,7 +25,7 @@ def open_images(data: DataArg, load_size: Optional[Size], strict: bool = False) 
     """The training images ``data`` names, as a Dataset of ``(image or None, index, reason)`` items.
 
     Args:
-        data: a folder of images (searched recursively, see :func:`find_images`), one image
+        data: a folder of images (searched recursively, see :func:`find_image_paths`), one image
             file, a ``.npz`` with ``x_train`` uint8 ``(N, H, W, C)``, ``"digits"`` (the built-in
             offline default: the training split of :func:`load_digits`, at ``load_size``), a
             uint8 ``(N, 3, H, W)`` tensor, or a torch Dataset of images (see :class:`UserImages`).

@@ -1,0 +1,164 @@
+"""Sphinx configuration of the byol-wrap documentation site.
+
+Build it from the repository root (warnings are errors, every cross-reference checked):
+
+    pip install -e ".[docs]"
+    sphinx-build -W --keep-going -n -b html docs docs/_build/html
+
+Sphinx with the Furo theme and MyST: the tools of the projects our users know (kornia and LightlyTrain build
+their sites the same way), the docstrings rendered by autodoc and napoleon, and the pages written in Markdown
+that reads the same on GitHub. ``docs/about-these-docs.md`` says more.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, ROOT)  # document this checkout, not another installed copy
+
+import byol_wrap  # noqa: E402
+
+project = "byol-wrap"
+author = "the byol-wrap authors"
+copyright = "the byol-wrap authors, MIT licence"
+version = release = byol_wrap.__version__
+
+extensions = [
+    "myst_parser",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.viewcode",
+]
+source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
+root_doc = "index"
+templates_path = ["_templates"]
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
+
+# MyST: heading anchors so that [text](page.md#a-heading) links are checked; ::: fences for admonitions
+myst_enable_extensions = ["colon_fence", "deflist"]
+myst_heading_anchors = 3
+
+# Every internal reference must resolve (-n on the command line does the same).
+nitpicky = True
+# Names of other projects: no intersphinx (the build needs no network), so their references are not checked.
+_EXTERNAL = r"(torch|torchvision|kornia|timm|numpy|np|PIL|matplotlib|tqdm|sklearn|lightning|accelerate|argparse|os|io|pathlib|collections|typing|typing_extensions|types|numbers|random|contextlib|enum|abc|warnings|json|_io)"
+nitpick_ignore_regex = [
+    (r"py:.*", _EXTERNAL + r"(\..*)?"),
+    (r"py:.*", r"(Tensor|Module|Parameter|Optimizer|LRScheduler|Dataset|DataLoader|Generator|Path|PathLike|ndarray|device|dtype|nn\..*)"),
+]
+# The pages of other work (domain imagery, security, cache, evaluation) join the navigation when they land.
+suppress_warnings = ["toc.empty_glob"]
+
+autosummary_generate = True
+autodoc_default_options = {"members": True, "show-inheritance": True}
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented_params"
+autodoc_preserve_defaults = True
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+
+html_theme = "furo"
+html_title = f"byol-wrap {release}"
+html_static_path: list = []
+html_theme_options = {
+    "source_directory": "docs/",
+    "navigation_with_keys": True,
+}
+pygments_style = "sphinx"
+pygments_dark_style = "monokai"
+
+
+def _import_object(name):
+    """The Python object a dotted name stands for, or None."""
+    import importlib
+
+    parts = name.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            value = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        try:
+            for attribute in parts[cut:]:
+                value = getattr(value, attribute)
+        except AttributeError:
+            return None
+        return value
+    return None
+
+
+def _home(value):
+    """``module.qualname`` of the place an object is defined (a module's own name for a module)."""
+    import types
+
+    if value is None:
+        return None
+    if isinstance(value, types.ModuleType):
+        return value.__name__
+    owner, qualname = getattr(value, "__module__", None), getattr(value, "__qualname__", None)
+    return f"{owner}.{qualname}" if owner and qualname else None
+
+
+def _resolve_by_python_name(app, env, node, contnode):
+    """Resolve a docstring's short or lazy reference (``BYOL``, ``byol_wrap.pretrain``) to its documented home.
+
+    A name is looked up where the docstring stands (its module and class), then as an absolute name; the object
+    found is linked at the place it is documented (``module.qualname``). An object that exists but has no entry
+    of its own (a module constant, a private helper) is shown as code without a link. A name that is not there
+    at all stays a warning, which fails the build.
+    """
+    if node.get("refdomain") != "py":
+        return None
+    target = node["reftarget"].lstrip("~.")
+    domain = env.get_domain("py")
+    objects = domain.objects
+    candidates = []
+    module, cls = node.get("py:module"), node.get("py:class")
+    if module:
+        if cls:
+            candidates.append(f"{module}.{cls}.{target}")
+        candidates.append(f"{module}.{target}")
+    candidates.append(target)
+    found = None
+    for name in candidates:
+        found = _import_object(name)
+        if found is not None:
+            break
+    if found is None:
+        # a name documented in a sibling module (``load_digits`` from ``data.sources``): the one entry ending so
+        # (a package that re-exports it documents it too: then the defining module's entry wins)
+        matches = [name for name in objects if name.endswith("." + target)]
+        homes = {_home(_import_object(name)) for name in matches} & set(objects)
+        if len(matches) == 1 or len(homes) == 1:
+            home = matches[0] if len(matches) == 1 else homes.pop()
+            entry = objects[home]
+            from sphinx.util.nodes import make_refnode
+
+            return make_refnode(app.builder, node["refdoc"], entry.docname, entry.node_id, contnode, home)
+        return None
+    home = _home(found)
+    if home and home in objects:
+        entry = objects[home]
+        from sphinx.util.nodes import make_refnode
+
+        return make_refnode(app.builder, node["refdoc"], entry.docname, entry.node_id, contnode, home)
+    return contnode
+
+
+_LISTING_SECTIONS = ("API:", "Specs:")
+
+
+def _listing_sections_as_code(app, what, name, obj, options, lines):
+    """Module docstrings list their API in aligned columns under ``API:`` / ``Specs:``: show them as code."""
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].strip() in _LISTING_SECTIONS and i + 1 < len(lines) and lines[i + 1].startswith((" ", "\t")):
+            lines[i] = lines[i].rstrip() + ":"
+            lines.insert(i + 1, "")
+
+
+def setup(app):
+    app.connect("missing-reference", _resolve_by_python_name)
+    app.connect("autodoc-process-docstring", _listing_sections_as_code, priority=400)  # before napoleon
