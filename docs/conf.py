@@ -43,10 +43,13 @@ myst_heading_anchors = 3
 # Every internal reference must resolve (-n on the command line does the same).
 nitpicky = True
 # Names of other projects: no intersphinx (the build needs no network), so their references are not checked.
-_EXTERNAL = r"(torch|torchvision|kornia|timm|numpy|np|PIL|matplotlib|tqdm|sklearn|lightning|accelerate|argparse|os|io|pathlib|collections|typing|typing_extensions|types|numbers|random|contextlib|enum|abc|warnings|json|_io)"
+_EXTERNAL = (r"(torch|torchvision|kornia|timm|numpy|np|PIL|matplotlib|tqdm|sklearn|lightning|accelerate|argparse"
+             r"|os|io|pathlib|collections|typing|typing_extensions|types|numbers|random|contextlib|enum|abc"
+             r"|warnings|json|_io)")
 nitpick_ignore_regex = [
     (r"py:.*", _EXTERNAL + r"(\..*)?"),
-    (r"py:.*", r"(Tensor|Module|Parameter|Optimizer|LRScheduler|Dataset|DataLoader|Generator|Path|PathLike|ndarray|device|dtype|nn\..*)"),
+    (r"py:.*", r"(Tensor|Module|Parameter|Optimizer|LRScheduler|Dataset|DataLoader|Generator|Path|PathLike"
+               r"|ndarray|device|dtype|nn\..*)"),
 ]
 # Pages that other work is writing: listed in index.md's navigation, left out of it until their file exists, so
 # the site builds before and after they land (no stub pages to merge over).
