@@ -259,7 +259,8 @@ class IntensityJitter(nn.Module):
         self._params: Dict[str, Tensor] = {}
 
     def generate_parameters(self, batch_shape: Sequence[int]) -> Dict[str, Tensor]:
-        """Per-image draws (CPU): ``applied`` (N,), ``brightness``/``contrast``/``gamma`` (N, C or 1), ``order`` (N, 3)."""
+        """Per-image draws (CPU tensors): ``applied`` (N,), ``brightness``, ``contrast`` and ``gamma``
+        (N, C or 1), ``order`` (N, 3)."""
         n = int(batch_shape[0])
         k = int(batch_shape[1]) if self.per_channel else 1
         applied = torch.rand(n) < self.p
