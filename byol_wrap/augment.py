@@ -233,6 +233,7 @@ def byol_augmentation(
     normalize: Normalization = None,
     *,
     channels: int = 3,
+    rgb: Optional[bool] = None,
     crop_scale: Tuple[float, float] = (0.08, 1.0),
     jitter_p: float = 0.8,
     blur_p: Optional[float] = None,
@@ -259,7 +260,10 @@ def byol_augmentation(
         normalize: ``(mean, std)`` applied last (1 or ``channels`` values each); ``None`` (the
             default) for none. ``BYOL`` leaves this at ``None`` and normalises after augmenting
             (its ``normalize`` option).
-        channels: the number of input channels; 3 means RGB.
+        channels: the number of input channels.
+        rgb: whether the images are RGB colour photographs (the paper's pipeline); ``None``
+            (default): ``channels == 3``. ``rgb=False`` with 3 channels gives the channel-agnostic
+            pipeline, e.g. for three microscopy stains or radar bands.
         crop_scale, jitter_p: area range of the random resized crop and probability of the
             colour (or intensity) jitter (the paper's values by default).
         blur_p, solarize_p: override the view's blur / solarization probability; a stage
@@ -269,7 +273,7 @@ def byol_augmentation(
             BENCHMARKS.md). ``None`` (default): ``"batch"`` for RGB, ``"image"`` otherwise.
         brightness, contrast: jitter strength ``f`` (factors drawn from ``[1 - f, 1 + f]``) or a
             range ``(lo, hi)``; 0.4 each in the paper.
-        gamma, per_channel, value_range, clip: ``channels != 3`` only (a ValueError for RGB):
+        gamma, per_channel, value_range, clip: channel-agnostic pipelines only (a ValueError for RGB):
             the gamma exponent range (default ``(0.7, 1.5)``), factors drawn per channel too,
             the data's value range ``(lo, hi)`` for gamma, solarization and the brightness
             origin (``None``: each image's per-channel min and max, and brightness around 0),
@@ -298,7 +302,11 @@ def byol_augmentation(
     view_blur_p, view_solarize_p = (1.0, 0.0) if view == 1 else (0.1, 0.2)
     blur_p = view_blur_p if blur_p is None else blur_p
     solarize_p = view_solarize_p if solarize_p is None else solarize_p
-    if channels != 3:
+    if rgb is None:
+        rgb = channels == 3
+    elif rgb and channels != 3:
+        raise ValueError(f"rgb=True needs channels=3, got channels={channels}")
+    if not rgb:
         return _channel_augmentation(
             (height, width), channels, normalize, crop_scale=crop_scale, jitter_p=jitter_p, blur_p=blur_p,
             solarize_p=solarize_p, per_image_order=jitter_order != "batch", brightness=brightness, contrast=contrast,
@@ -308,7 +316,8 @@ def byol_augmentation(
                 "clip": clip}
     if any(rgb_only.values()):
         raise ValueError(f"{', '.join(k for k, v in rgb_only.items() if v)} only apply to the channel-agnostic "
-                         f"pipelines (channels != 3); the RGB pipeline is the paper's, for images in [0, 1]")
+                         f"pipelines (channels != 3, or rgb=False); the RGB pipeline is the paper's, for images "
+                         f"in [0, 1]")
     stages: List[nn.Module] = [
         K.RandomResizedCrop((height, width), scale=(float(crop_scale[0]), float(crop_scale[1])), ratio=(3 / 4, 4 / 3)),
         K.RandomHorizontalFlip(p=0.5),
@@ -378,10 +387,11 @@ def default_augmentations(
     jitter_order: Optional[str] = None,
     *,
     channels: int = 3,
+    rgb: Optional[bool] = None,
 ) -> Tuple[nn.Sequential, nn.Sequential]:
     """The pair ``(T, T')`` that ``BYOL`` uses by default for ``channels``-channel images
     (unnormalised: ``BYOL`` applies its ``normalize`` after them; pass ``normalize`` here to end
-    both with it). ``jitter_order`` as in :func:`byol_augmentation`.
+    both with it). ``jitter_order`` and ``rgb`` as in :func:`byol_augmentation`.
 
     Example:
         >>> t1, t2 = default_augmentations(64)
@@ -391,8 +401,8 @@ def default_augmentations(
         >>> t1(torch.rand(2, 1, 64, 64)).shape
         torch.Size([2, 1, 64, 64])
     """
-    return (byol_augmentation(image_size, 1, normalize, channels=channels, jitter_order=jitter_order),
-            byol_augmentation(image_size, 2, normalize, channels=channels, jitter_order=jitter_order))
+    return (byol_augmentation(image_size, 1, normalize, channels=channels, rgb=rgb, jitter_order=jitter_order),
+            byol_augmentation(image_size, 2, normalize, channels=channels, rgb=rgb, jitter_order=jitter_order))
 
 
 def to_float_images(x: Tensor) -> Tensor:

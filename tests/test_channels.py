@@ -169,12 +169,17 @@ def test_channel_pipelines_keep_the_papers_structure_and_probabilities() -> None
     assert not any(isinstance(m, IntensityJitter) for m in byol_augmentation(32, channels=2, jitter_p=0.0))
 
 
-def test_rgb_pipelines_are_unchanged() -> None:
+def test_rgb_pipelines_are_unchanged_and_three_other_bands_can_opt_out() -> None:
     for view in (1, 2):
         kinds = stage_types(byol_augmentation(32, view=view))
         assert ColorJitter in kinds and K.RandomGrayscale in kinds and IntensityJitter not in kinds
         assert kinds == stage_types(byol_augmentation(32, view=view, channels=3))
         assert not byol_augmentation(32, view=view)[2].per_image_order  # one order per batch, as before
+        bands = byol_augmentation(32, view=view, channels=3, rgb=False)
+        assert stage_types(bands) == stage_types(byol_augmentation(32, view=view, channels=2))
+        assert bands(torch.rand(2, 3, 40, 40) * 1000).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="rgb=True needs channels=3"):
+        byol_augmentation(32, channels=4, rgb=True)
 
 
 def test_pipeline_output_keeps_shape_device_dtype_and_scale() -> None:
