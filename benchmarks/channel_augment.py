@@ -57,16 +57,18 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 name = f"jitter IntensityJitter C={c} ({'image' if per_image else 'batch'} order)"
                 functions[name] = lambda j=jitter, x=crops[c] * 1000: j(x)
         result = interleaved(functions, args.repeats)
-        ratios = {}
+        ratios, per_channel = {}, {}
         for name, ms in result.items():
             c = int(name.split("C=")[1].split()[0]) if "C=" in name else 3
             base = result[f"{name.split()[0]} C=3"] if name.startswith("T") else result[
                 "jitter RGB ColorJitter (batch order)"]
-            ratios[name] = (ms / c) / (base / 3)
-        payload["cases"][f"{side}px x {batch}"] = {"ms": result, "per_channel_ratio_to_rgb": ratios}
+            ratios[name] = ms / base
+            per_channel[name] = (ms / c) / (base / 3)
+        payload["cases"][f"{side}px x {batch}"] = {"ms": result, "ratio_to_rgb": ratios,
+                                                   "per_channel_ratio_to_rgb": per_channel}
         for name, ms in result.items():
-            print(f"{side} px, batch {batch}: {name:>48}: {ms:8.2f} ms  per channel vs RGB {ratios[name]:.2f}x",
-                  flush=True)
+            print(f"{side} px, batch {batch}: {name:>48}: {ms:8.2f} ms  vs RGB {ratios[name]:.2f}x, per channel "
+                  f"{per_channel[name]:.2f}x", flush=True)
     write_json(args.out, payload)
     return payload
 

@@ -147,11 +147,10 @@ def adjust_gamma(x: Tensor, gamma: Union[Tensor, float], value_range: ValueRange
     g = _per_image(gamma, x)
     lo, hi = value_bounds(x, value_range)
     span = hi - lo
-    ok = span > 0
-    t = ((x - lo) / torch.where(ok, span, torch.ones_like(span))).clamp(0, 1)
-    mapped = lo + span * t.pow(g)
-    inside = ok & (x >= lo) & (x <= hi)
-    return torch.where(inside, mapped, x)
+    mapped = (x - lo).div_(torch.where(span > 0, span, torch.ones_like(span))).clamp_(0, 1).pow_(g).mul_(span).add_(lo)
+    if value_range is None:  # every value lies in its own range; a constant channel gives lo + 0 * 0 = x
+        return mapped
+    return torch.where((x >= lo) & (x <= hi), mapped, x)
 
 
 def solarize(x: Tensor, value_range: ValueRange = None) -> Tensor:
