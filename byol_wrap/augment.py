@@ -415,7 +415,9 @@ def to_float_images(x: Tensor) -> Tensor:
         return x.float().div_(255)
     if x.is_floating_point():
         return x
-    raise TypeError(f"images must be floating point in [0, 1] or uint8 in [0, 255], got dtype {x.dtype}")
+    raise TypeError(f"images must be floating point (in [0, 1] for RGB images; any scale for other channel counts) "
+                    f"or uint8 in [0, 255], got dtype {x.dtype}; convert other integers on the device, e.g. "
+                    f"x.float() / 65535 for 16-bit images")
 
 
 def imagenet_normalize(images: Tensor) -> Tensor:

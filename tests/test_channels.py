@@ -120,6 +120,8 @@ def test_wrong_channel_counts_give_errors_naming_both_counts() -> None:
             call(torch.rand(4, 3, 32, 32))
         print(info.value)
     learner.train()
+    with pytest.raises(TypeError, match=r"x.float\(\) / 65535"):
+        learner(torch.zeros(4, 13, 32, 32, dtype=torch.int16))
     with pytest.raises(ValueError, match=r"built for 13-channel images.*has 4 channels"):
         byol_augmentation(32, channels=13)(torch.rand(2, 4, 40, 40))
     with pytest.raises(ValueError, match=r"first convolution takes 1 channels but the inputs have 3") as info:
