@@ -34,9 +34,7 @@ def test_the_library_imports_only_torch_torchvision_kornia_and_itself(path):
     for module in _imported_modules(path):
         top = module.split(".")[0]
         if module.startswith("byol_wrap.job") or (module.startswith("byol_wrap") and not (
-                module.startswith("byol_wrap.core") or module == "byol_wrap")):
-            offending.append(module)
-        elif top != "byol_wrap" and top not in allowed_third_party and top not in sys.stdlib_module_names:
+                module.startswith("byol_wrap.core") or module == "byol_wrap")) or top != "byol_wrap" and top not in allowed_third_party and top not in sys.stdlib_module_names:
             offending.append(module)
     assert not offending, f"{path.name} imports {offending}"
 
