@@ -2,7 +2,7 @@
 
 The paper's colour stages (jitter of brightness, contrast, saturation and hue; grayscale;
 solarization) assume RGB in [0, 1]. For grayscale, multi-band or 16-bit/float data,
-:func:`byol_wrap.augment.byol_augmentation` with ``channels != 3`` uses these stages instead:
+:func:`byol_wrap.core.augment.byol_augmentation` with ``channels != 3`` uses these stages instead:
 
 - :class:`IntensityJitter`: brightness, contrast and gamma, factors drawn per sample (or per
   sample and channel), applied in a random order per sample, the whole stage with the paper's
