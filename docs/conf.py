@@ -157,7 +157,13 @@ _LISTING_SECTIONS = ("API:", "Specs:")
 
 
 def _listing_sections_as_code(app, what, name, obj, options, lines):
-    """Module docstrings list their API in aligned columns under ``API:`` / ``Specs:``: show them as code."""
+    """Module docstrings list their API in aligned columns under ``API:`` / ``Specs:``: show them as code.
+
+    And a constant's ``#:`` comment is prose, not napoleon's ``type: description`` (a colon in its first line,
+    "nnU-Net's range (Isensee et al., 2021): ...", would become a type): a blank first line keeps it prose.
+    """
+    if what in ("data", "attribute") and lines and lines[0].strip():
+        lines.insert(0, "")
     for i in range(len(lines) - 1, -1, -1):
         if lines[i].strip() in _LISTING_SECTIONS and i + 1 < len(lines) and lines[i + 1].startswith((" ", "\t")):
             lines[i] = lines[i].rstrip() + ":"
@@ -203,8 +209,13 @@ def _drop_pending_pages(app, docname, source):
     source[0] = "\n".join(line for line in source[0].splitlines() if line.strip() not in missing) + "\n"
 
 
+def _always_reread_index(app, env, added, changed, removed):
+    return ["index"]  # its navigation depends on which pending pages exist
+
+
 def setup(app):
     app.connect("source-read", _drop_pending_pages)
+    app.connect("env-get-outdated", _always_reread_index)
     app.add_directive("cli-help", _cli_help_directive())
     app.connect("missing-reference", _resolve_by_python_name)
     app.connect("autodoc-process-docstring", _listing_sections_as_code, priority=400)  # before napoleon
