@@ -157,17 +157,33 @@ _LISTING_SECTIONS = ("API:", "Specs:")
 
 
 def _listing_sections_as_code(app, what, name, obj, options, lines):
-    """Module docstrings list their API in aligned columns under ``API:`` / ``Specs:``: show them as code.
-
-    And a constant's ``#:`` comment is prose, not napoleon's ``type: description`` (a colon in its first line,
-    "nnU-Net's range (Isensee et al., 2021): ...", would become a type): a blank first line keeps it prose.
-    """
-    if what in ("data", "attribute") and lines and lines[0].strip():
-        lines.insert(0, "")
+    """Module docstrings list their API in aligned columns under ``API:`` / ``Specs:``: show them as code."""
     for i in range(len(lines) - 1, -1, -1):
         if lines[i].strip() in _LISTING_SECTIONS and i + 1 < len(lines) and lines[i + 1].startswith((" ", "\t")):
             lines[i] = lines[i].rstrip() + ":"
             lines.insert(i + 1, "")
+
+
+def _attribute_comments_stay_prose(app, what, name, obj, options, lines):
+    """A constant's ``#:`` comment is prose, not napoleon's ``type: description``; put napoleon's split back.
+
+    ("nnU-Net's gamma range (Isensee et al., 2021): half the draws..." would otherwise show the words before the
+    colon as a type. The types come from the annotations.)
+    """
+    if what not in ("data", "attribute"):
+        return
+    for i, line in enumerate(lines):
+        if line.startswith(":type: "):
+            head = line[len(":type: "):]
+            del lines[i]
+            while lines and not lines[-1].strip():
+                lines.pop()
+            first = next((k for k, text in enumerate(lines) if text.strip()), None)
+            if first is None:
+                lines.append(head)
+            else:
+                lines[first] = f"{head}: {lines[first].lstrip()}"
+            return
 
 
 def _cli_help_directive():
@@ -219,3 +235,4 @@ def setup(app):
     app.add_directive("cli-help", _cli_help_directive())
     app.connect("missing-reference", _resolve_by_python_name)
     app.connect("autodoc-process-docstring", _listing_sections_as_code, priority=400)  # before napoleon
+    app.connect("autodoc-process-docstring", _attribute_comments_stay_prose, priority=600)  # after napoleon

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-#: Float images outside this range (by more than nothing; 0-255 floats, standard-normal
+#: Float images outside this range (by more than nothing: 0-255 floats, standard-normal
 #: noise, already-normalised images) trigger :class:`ImageRangeWarning` once per learner.
 WARN_BELOW, WARN_ABOVE = -0.5, 1.5
 
