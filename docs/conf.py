@@ -54,7 +54,7 @@ nitpick_ignore_regex = [
 # Pages that other work is writing: listed in index.md's navigation, left out of it until their file exists, so
 # the site builds before and after they land (no stub pages to merge over).
 PENDING_PAGES = ("domain-imagery", "domain-imagery-command", "cache-and-loader", "evaluate-and-export",
-                 "security-and-reliability")
+                 "security-and-reliability", "threads-and-moving-average")
 
 autosummary_generate = True
 autodoc_default_options = {"members": True, "show-inheritance": True}
