@@ -60,7 +60,7 @@ def test_online_and_target_weights_identical_on_both_ranks(ranks):
     assert any(n.startswith("target_net.") for n in names) and any(n.startswith("target_projector.") for n in names)
     for name in names:
         assert torch.equal(r0["params"][name], r1["params"][name]), name
-    # BatchNorm step counters agree too (running statistics are per process on CPU, see README)
+    # BatchNorm step counters agree too (running statistics are per process on CPU, see docs/scaling-out.md)
     for name, value in r0["buffers"].items():
         if name.endswith("num_batches_tracked"):
             assert torch.equal(value, r1["buffers"][name]), name

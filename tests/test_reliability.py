@@ -319,7 +319,7 @@ def test_exact_resume_from_the_users_own_loop(tmp_path):
     opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
     torch.manual_seed(42)
     first = _run(learner, opt, batches[:3])
-    # the README recipe
+    # the recipe of docs/checks-and-resume.md
     torch.save({"learner": learner.state_dict(), "optimizer": opt.state_dict(), "rng": get_rng_state()},
                tmp_path / "checkpoint.pt")
     del learner, opt

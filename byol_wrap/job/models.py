@@ -224,7 +224,7 @@ def _torchvision_hidden_layer(name: str, net: nn.Module) -> Union[str, int]:
 
 
 def default_hidden_layer(spec: Spec, net: nn.Module) -> Union[str, int]:
-    """The ``hidden_layer`` giving a family's pooled pre-logit features (the README table).
+    """The ``hidden_layer`` giving a family's pooled pre-logit features (the table in docs/backbones.md).
 
     ``byol_wrap/small_cnn``: ``-1``; ``timm/...`` (built with ``num_classes=0``): ``-1``;
     torchvision ResNet/ResNeXt/RegNet/MobileNet/EfficientNet/VGG: ``"avgpool"``, ViT:
