@@ -17,7 +17,7 @@ from .augment import (
     default_augmentations,
     to_float_images,
 )
-from .batchnorm import ViewBatching, per_view_batchnorm, resolve_view_batching
+from .batchnorm import ViewBatching, per_view_batchnorm, resolve_view_batching, unsplittable_layers
 from .checks import (
     ImageRangeWarning,
     NonFiniteError,
@@ -171,7 +171,9 @@ class BYOL(nn.Module):
         view_batching: how the two views go through the networks. ``"one_pass"``: as one
             batch, each BatchNorm layer normalising each view with its own statistics (the
             paper's per-view passes, same loss, gradients and running statistics, computed in
-            one pass; see :func:`byol_wrap.batchnorm.per_view_batchnorm`). ``"per_view"``: one
+            one pass; see :func:`byol_wrap.batchnorm.per_view_batchnorm`; safe with several
+            threads, it sets nothing on the modules; a ``SyncBatchNorm`` synchronising across
+            processes gets one forward per view instead). ``"per_view"``: one
             forward per view. ``"concat"``: one batch whose BatchNorm statistics mix the views
             (byol-pytorch's behaviour). ``"auto"`` (default): the faster of the first two
             as measured on a CPU, ``"one_pass"`` up to 48 x 48 pixels per view, else
@@ -484,7 +486,7 @@ class BYOL(nn.Module):
             self._check_views(view1, view2)
         view1 = self._to_net_input(self._normalize(view1))
         view2 = self._to_net_input(self._normalize(view2))
-        if self.view_batching != "per_view" and view1.shape == view2.shape:
+        if self.view_batching != "per_view" and view1.shape == view2.shape and not self._needs_separate_passes():
             return self._loss_concatenated(view1, view2)
         projection1, _ = self._online(view1)
         projection2, _ = self._online(view2)
@@ -494,13 +496,20 @@ class BYOL(nn.Module):
             z1, z2 = projection1.detach(), projection2.detach()
         return symmetric_byol_loss(self.predictor(projection1), self.predictor(projection2), z1, z2)
 
+    def _networks(self) -> List[nn.Module]:
+        return [m for m in (self.net, self.projector, self.predictor, self.target_net, self.target_projector)
+                if m is not None]
+
+    def _needs_separate_passes(self) -> bool:
+        """One-pass mode with a SyncBatchNorm synchronising across processes: one forward per view instead
+        (the same computation; per_view_batchnorm cannot split such a layer)."""
+        return self.view_batching == "one_pass" and bool(unsplittable_layers(*self._networks()))
+
     def _loss_concatenated(self, view1: Tensor, view2: Tensor) -> Tensor:
         """The loss with both views in one batch; BatchNorm statistics per view with ``"one_pass"``."""
         views = torch.cat((view1, view2))
         num_views = 2 if self.view_batching == "one_pass" else 1  # 1: statistics over both views ("concat")
-        networks = [m for m in (self.net, self.projector, self.predictor, self.target_net, self.target_projector)
-                    if m is not None]
-        with per_view_batchnorm(*networks, num_views=num_views):
+        with per_view_batchnorm(*self._networks(), num_views=num_views):
             projection, _ = self._online(views)
             q1, q2 = self.predictor(projection).chunk(2)
             z = self._target(views) if self.use_momentum else projection.detach()
