@@ -29,7 +29,7 @@ from .checks import (
     restore_batchnorm_on_error,
     shorten,
 )
-from .ema import PAPER_MOVING_AVERAGE_DECAY, cosine_tau, ema_update_
+from .ema import PAPER_MOVING_AVERAGE_DECAY, MovingAverageWarning, cosine_tau, ema_update_
 from .heads import MLP, resolve_sync_batchnorm
 from .hooks import AmbiguousOutputError, HiddenLayerNotRunError, LayerSpec, RepresentationExtractor, resolve_layer
 from .loss import symmetric_byol_loss
@@ -153,7 +153,9 @@ class BYOL(nn.Module):
         augment_fn2: replaces T', the second view's augmentation.
         moving_average_decay: the EMA decay, the paper's ``tau_base`` (0.996).
         total_steps: number of :meth:`update_moving_average` calls in the run; when given,
-            tau follows the paper's cosine schedule from ``moving_average_decay`` to 1.
+            tau follows the paper's cosine schedule from ``moving_average_decay`` to 1, and
+            stays exactly 1.0 for every call past ``total_steps`` (the target then no longer
+            moves; nothing warns).
         use_momentum: ``False`` gives the SimSiam variant (target = online under
             stop-gradient, no EMA).
         sync_batchnorm: ``nn.SyncBatchNorm`` in projector and predictor; ``None``: when
@@ -253,6 +255,8 @@ class BYOL(nn.Module):
         self.view_batching = resolve_view_batching(view_batching, concat_views, net, self.extractor.layer,
                                                    self.input_shape)
         self.ema_step = 0
+        # shared, not copied, by DataParallel's replicas: a forward there counts here too
+        self._ema_calls: Dict[str, bool] = {"trained": False, "warned": False}
         self._set_augmentations(augment_fn, augment_fn2, normalize)
         device, dtype = module_device_dtype(net)
         self.representation_size, unused = self._probe(device, dtype, image_size)
@@ -472,6 +476,8 @@ class BYOL(nn.Module):
         if return_embedding:
             projection, representation = self._online(self._to_net_input(self._normalize(x)))
             return (projection, representation) if return_projection else representation
+        if self.training and torch.is_grad_enabled():
+            self._ema_calls["trained"] = True
         if not self.check_finite:
             return self._loss(x)
         with restore_batchnorm_on_error(self):
@@ -541,7 +547,13 @@ class BYOL(nn.Module):
     def update_moving_average(self) -> float:
         """Move the target towards the online network: ``xi <- tau xi + (1 - tau) theta``.
 
-        Call once per optimizer step. Returns the tau that was used.
+        Call once per optimizer step. Returns the tau that was used. Each call is one step of
+        the tau schedule (:attr:`ema_step` + 1); with ``total_steps``, calls past it keep
+        ``tau = 1.0``, so the target stops moving. A call with no training forward of the
+        learner (training mode, gradients on) since the previous call, or since construction,
+        warns once per learner with :class:`~byol_wrap.ema.MovingAverageWarning`: calling it
+        twice per optimizer step would run the schedule twice as fast. Gradient accumulation
+        (several forwards per call) is fine.
 
         Raises:
             RuntimeError: with ``use_momentum=False`` (there is no separate target).
@@ -553,6 +565,7 @@ class BYOL(nn.Module):
                 "update_moving_average() has nothing to do with use_momentum=False: the target is the online "
                 "network under stop-gradient. Remove the call, or construct BYOL with use_momentum=True."
             )
+        self._warn_extra_call()
         tau = self.tau
         online = self.online_parameters()
         if self.check_finite and not all_finite(online):
@@ -566,6 +579,18 @@ class BYOL(nn.Module):
         ema_update_(self.target_parameters(), online, tau)
         self.ema_step += 1
         return tau
+
+    def _warn_extra_call(self) -> None:
+        calls = self._ema_calls
+        if not calls["trained"] and not calls["warned"]:
+            calls["warned"] = True
+            warnings.warn(
+                f"update_moving_average() was called without a training forward of the learner since its previous "
+                f"call (or since it was built); this is call {self.ema_step + 1} of the tau schedule. Each call is one "
+                f"schedule step, so two calls per optimizer step move the target twice as fast as the schedule "
+                f"says. Call it once per optimizer step, after optimizer.step(). Warned once per learner.",
+                MovingAverageWarning, stacklevel=3)
+        calls["trained"] = False
 
     def reset_moving_average(self) -> None:
         """Copy the online weights into the target and restart the tau schedule."""

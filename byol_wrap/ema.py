@@ -12,13 +12,22 @@ from ._deprecation import reject_unknown, renamed_keyword
 PAPER_MOVING_AVERAGE_DECAY = 0.996
 
 
+class MovingAverageWarning(UserWarning):
+    """``BYOL.update_moving_average()`` called more often than the learner ran training forwards.
+
+    Each call is one step of the tau schedule, so extra calls make the target follow the
+    online network faster than the schedule says. Warned once per learner.
+    """
+
+
 def cosine_tau(
     step: int, total_steps: int, moving_average_decay: float = PAPER_MOVING_AVERAGE_DECAY, **deprecated: Any
 ) -> float:
     """The paper's decay schedule ``tau_k = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2``.
 
     ``tau`` starts at ``moving_average_decay`` (the paper's ``tau_base``) for ``k = 0`` and
-    rises to 1 at ``k = K``; steps past ``K`` keep ``tau = 1``. The old keyword ``base_tau``
+    rises to 1 at ``k = K``; steps past ``K`` keep ``tau = 1.0`` exactly (the target then no
+    longer moves). The old keyword ``base_tau``
     still works, with a DeprecationWarning.
 
     Example:
