@@ -293,9 +293,10 @@ def per_view_batchnorm(*modules: nn.Module, num_views: int = 2) -> Iterator[List
 def inside_batchnorm(net: nn.Module, name: Optional[str]) -> Optional[str]:
     """The name of a BatchNorm layer of ``net`` that strictly contains the submodule ``name``, else None.
 
-    A layer inside a BatchNorm module (e.g. the ``act`` of timm's ``BatchNormAct2d``)
-    runs once per view under :func:`per_view_batchnorm`, so its output is not the
-    whole batch's.
+    (e.g. the ``act`` of timm's ``BatchNormAct2d``). Such a layer sees the whole batch
+    under :func:`per_view_batchnorm`, which splits only the normalisation itself, so
+    ``view_batching="one_pass"`` may read it (it could not while the split ran the whole
+    BatchNorm module once per view).
 
     Example:
         >>> inside_batchnorm(nn.Sequential(nn.BatchNorm1d(2)), "0") is None
@@ -322,13 +323,14 @@ def resolve_view_batching(view_batching: str, concat_views: Optional[bool], net:
 
     ``"auto"`` is ``"one_pass"`` for inputs of at most :data:`ONE_PASS_MAX_PIXELS` per
     channel (``input_shape`` is ``(C, ...)``; unknown counts as small), else ``"per_view"``;
-    both compute the same thing, so the choice is about speed only. A ``hidden_layer``
-    (resolved dotted name) inside a BatchNorm module, which one-pass mode runs once per
-    view, always gives ``"per_view"``.
+    both compute the same thing, so the choice is about speed only. ``net`` and
+    ``hidden_layer`` (the resolved dotted name) are accepted for callers of earlier
+    versions, where a hidden layer inside a BatchNorm module forced ``"per_view"``; the
+    split of the normalisation alone lets one pass read such a layer.
 
     Raises:
-        ValueError: for an unknown value, ``"one_pass"`` with such a hidden layer, or
-            ``concat_views=True`` together with another ``view_batching``.
+        ValueError: for an unknown value, or ``concat_views=True`` together with another
+            ``view_batching``.
 
     Example:
         >>> resolve_view_batching("auto", None, nn.Sequential(nn.Linear(2, 2)), None)
@@ -343,16 +345,9 @@ def resolve_view_batching(view_batching: str, concat_views: Optional[bool], net:
             raise ValueError(f"concat_views=True contradicts view_batching={view_batching!r}; pass only view_batching")
         if concat_views:
             return "concat"
-    container = inside_batchnorm(net, hidden_layer)
     if view_batching == "auto":
         pixels = 1
         for side in (input_shape or (1,))[1:]:
             pixels *= int(side)
-        return "one_pass" if container is None and pixels <= ONE_PASS_MAX_PIXELS else "per_view"
-    if view_batching == "one_pass" and container is not None:
-        raise ValueError(
-            f"view_batching='one_pass' cannot read hidden_layer={hidden_layer!r}: it lies inside the BatchNorm "
-            f"module {container!r}, which runs once per view in one-pass mode. Use view_batching='per_view', or a "
-            f"hidden_layer outside it (e.g. {container!r} itself)."
-        )
+        return "one_pass" if pixels <= ONE_PASS_MAX_PIXELS else "per_view"
     return view_batching
