@@ -97,6 +97,7 @@ def test_nonfinite_loss_from_finite_inputs_puts_batchnorm_statistics_back():
     assert "net.bn1.running_mean" in changed_entries(before, learner)
 
 
+@pytest.mark.filterwarnings("ignore::byol_wrap.ema.MovingAverageWarning")  # EMA calls without training
 def test_update_moving_average_refuses_nonfinite_online_weights():
     learner = make_learner()
     with torch.no_grad():
