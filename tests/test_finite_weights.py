@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from byol_wrap import BYOL
-from byol_wrap.checks import NonFiniteError, all_finite
+from byol_wrap.core.checks import NonFiniteError, all_finite
 
 # the EMA is called here without training steps, on purpose
 pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.filterwarnings("ignore::byol_wrap.ema.MovingAverageWarning")]
+              pytest.mark.filterwarnings("ignore::byol_wrap.core.ema.MovingAverageWarning")]
 
 
 def make_learner(dtype=torch.float32):

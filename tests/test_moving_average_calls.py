@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from byol_wrap import BYOL
-from byol_wrap.ema import MovingAverageWarning
+from byol_wrap.core.ema import MovingAverageWarning
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

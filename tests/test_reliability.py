@@ -17,7 +17,7 @@ from torch import nn
 
 import byol_wrap
 from byol_wrap import BYOL, get_rng_state, set_rng_state
-from byol_wrap.checks import ImageRangeWarning, NonFiniteError
+from byol_wrap.core.checks import ImageRangeWarning, NonFiniteError
 
 from conftest import SmallCNN
 from helpers import train_steps
@@ -97,7 +97,7 @@ def test_nonfinite_loss_from_finite_inputs_puts_batchnorm_statistics_back():
     assert "net.bn1.running_mean" in changed_entries(before, learner)
 
 
-@pytest.mark.filterwarnings("ignore::byol_wrap.ema.MovingAverageWarning")  # EMA calls without training
+@pytest.mark.filterwarnings("ignore::byol_wrap.core.ema.MovingAverageWarning")  # EMA calls without training
 def test_update_moving_average_refuses_nonfinite_online_weights():
     learner = make_learner()
     with torch.no_grad():

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from byol_wrap import BYOL
-from byol_wrap.batchnorm import per_view_batchnorm, unsplittable_layers
+from byol_wrap.core.batchnorm import per_view_batchnorm, unsplittable_layers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

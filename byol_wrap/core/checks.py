@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -76,10 +76,21 @@ def check_input_batch(x: Tensor, what: str = "input batch") -> Tuple[float, floa
     return lo, hi
 
 
-def range_message(lo: float, hi: float) -> Optional[str]:
-    """The warning for float images whose values ``[lo, hi]`` lie far outside [0, 1], else ``None``."""
-    if lo >= WARN_BELOW and hi <= WARN_ABOVE:
+def range_message(lo: float, hi: float, channels: int = 3, normalized: bool = False) -> Optional[str]:
+    """The warning for float images whose values ``[lo, hi]`` lie far outside [0, 1], else ``None``.
+
+    For ``channels != 3`` the default augmentations work at any scale: only unnormalised inputs warn.
+
+    Example:
+        >>> range_message(0.0, 1000.0, channels=13, normalized=True) is None
+        True
+    """
+    if lo >= WARN_BELOW and hi <= WARN_ABOVE or channels != 3 and normalized:
         return None
+    if channels != 3:
+        return (f"float images span [{lo:.4g}, {hi:.4g}] and reach the net unnormalised: the {channels}-channel "
+                f"augmentations work at any scale, but pass normalize=(mean, std) with your data's per-channel "
+                f"statistics (normalize='auto' uses none for {channels}-channel images). Warned once per learner.")
     hint = ("0-255 values as floats? divide by 255 or pass uint8" if hi > 2.0 and lo >= -0.5 else
             "already normalised, or noise? pass images in [0, 1]: the learner normalises after augmenting")
     return (f"float images should lie in [0, 1] (or be uint8 in [0, 255]); this batch spans "
@@ -122,6 +133,23 @@ def all_finite(tensors: Sequence[Tensor]) -> bool:
             if not ok and not all(bool(torch.isfinite(t).all()) for t in group):
                 return False
     return True
+
+
+def check_online_weights(tensors: Sequence[Tensor], modules: Mapping[str, nn.Module]) -> None:
+    """Raise :class:`NonFiniteError` before an EMA update when ``tensors`` are not all finite,
+    naming the non-finite parameters of ``modules`` (prefix -> module).
+
+    Example:
+        >>> check_online_weights([torch.ones(2)], {"net": nn.Linear(1, 1)})
+    """
+    if all_finite(tensors):
+        return
+    named = [(f"{prefix}.{name}", p) for prefix, module in modules.items() for name, p in module.named_parameters()]
+    raise NonFiniteError(
+        f"update_moving_average() refused: these online parameters are non-finite: "
+        f"{shorten(nonfinite_names(named))}; the target was left unchanged. The optimizer diverged: lower "
+        f"the learning rate, clip gradients, or restore the last good checkpoint."
+    )
 
 
 def shorten(names: Sequence[str], limit: int = 8) -> str:

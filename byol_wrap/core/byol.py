@@ -21,15 +21,13 @@ from .batchnorm import ViewBatching, per_view_batchnorm, resolve_view_batching, 
 from .checks import (
     ImageRangeWarning,
     NonFiniteError,
-    all_finite,
     check_input_batch,
     check_loss,
-    nonfinite_names,
+    check_online_weights,
     range_message,
     restore_batchnorm_on_error,
-    shorten,
 )
-from .ema import PAPER_MOVING_AVERAGE_DECAY, MovingAverageWarning, cosine_tau, ema_update_
+from .ema import PAPER_MOVING_AVERAGE_DECAY, UpdateCalls, cosine_tau, ema_update_
 from .heads import MLP, resolve_sync_batchnorm
 from .hooks import AmbiguousOutputError, HiddenLayerNotRunError, LayerSpec, RepresentationExtractor, resolve_layer
 from .loss import symmetric_byol_loss
@@ -51,35 +49,33 @@ NormalizeOption = Union[Normalization, str]
 
 
 def default_augmentations_error(input_shape: Sequence[int]) -> str:
-    """The message for inputs the default (RGB image) augmentations cannot handle."""
+    """The message for inputs that are not ``(channels, height, width)`` images, which the default
+    augmentations cannot handle (images with any number of channels they can)."""
     shape = tuple(input_shape)
-    if len(shape) != 3:
-        what = (f"inputs of shape {shape} are not (channels, height, width) images, so the default image "
-                f"augmentations cannot apply")
-        example = "e.g. random crops, scaling, jitter or added noise for 1-D signals"
-    else:
-        what = (f"the default augmentations are the paper's colour augmentations for 3-channel RGB images, "
-                f"but the net takes {shape[0]}-channel images {shape}")
-        example = (f"e.g. nn.Sequential(K.RandomResizedCrop({tuple(shape[1:])}), K.RandomHorizontalFlip()) with "
-                   f"kornia.augmentation as K, and normalize=(mean, std) with one value per channel")
-    return (f"{what}. Pass augment_fn (and optionally augment_fn2 for the second view): callables that take a "
-            f"batch (N, {', '.join(map(str, shape))}) and return a randomly augmented batch, {example}.")
+    return (f"inputs of shape {shape} are not (channels, height, width) images, so the default image "
+            f"augmentations cannot apply. Pass augment_fn (and optionally augment_fn2 for the second view): "
+            f"callables that take a batch (N, {', '.join(map(str, shape))}) and return a randomly augmented batch, "
+            f"e.g. random crops, scaling, jitter or added noise for 1-D signals.")
 
 
 def resolve_normalize(normalize: NormalizeOption, default_augmentations: bool, channels: int) -> Normalization:
     """The statistics ``BYOL`` normalises with, or ``None``.
 
-    ``"auto"`` means ImageNet statistics with the default augmentations and none with your
-    own ``augment_fn``; explicit statistics must have 1 or ``channels`` values each.
+    ``"auto"`` means ImageNet statistics with the default augmentations of 3-channel (RGB)
+    images, and none otherwise: with your own ``augment_fn``, and for any other channel count
+    (ImageNet's statistics describe RGB photographs; pass your data's per-channel
+    ``(mean, std)`` instead). Explicit statistics must have 1 or ``channels`` values each.
 
     Example:
         >>> resolve_normalize("auto", default_augmentations=False, channels=4) is None
+        True
+        >>> resolve_normalize("auto", default_augmentations=True, channels=1) is None
         True
     """
     if isinstance(normalize, str):
         if normalize != "auto":
             raise ValueError(f"normalize must be 'auto', None or a pair (mean, std), got {normalize!r}")
-        return (IMAGENET_MEAN, IMAGENET_STD) if default_augmentations else None
+        return (IMAGENET_MEAN, IMAGENET_STD) if default_augmentations and channels == 3 else None
     check_normalization(normalize, channels)
     return normalize
 
@@ -149,13 +145,12 @@ class BYOL(nn.Module):
         projection_size: output size of projector and predictor (256 in the paper).
         projection_hidden_size: hidden size of both MLPs (4096 in the paper).
         augment_fn: replaces T, the first view's augmentation (any callable on a batch).
-            Given alone, it is used for both views.
+            Given alone, it is used for both views. Default: the paper's T for 3 channels, else
+            ``byol_augmentation(image_size, 1, channels=C)`` (docs/domain-imagery.md).
         augment_fn2: replaces T', the second view's augmentation.
         moving_average_decay: the EMA decay, the paper's ``tau_base`` (0.996).
-        total_steps: number of :meth:`update_moving_average` calls in the run; when given,
-            tau follows the paper's cosine schedule from ``moving_average_decay`` to 1, and
-            stays exactly 1.0 for every call past ``total_steps`` (the target then no longer
-            moves; nothing warns).
+        total_steps: number of :meth:`update_moving_average` calls in the run; when given, tau follows
+            the paper's cosine schedule from ``moving_average_decay`` to 1, then stays exactly 1.0.
         use_momentum: ``False`` gives the SimSiam variant (target = online under
             stop-gradient, no EMA).
         sync_batchnorm: ``nn.SyncBatchNorm`` in projector and predictor; ``None``: when
@@ -164,7 +159,8 @@ class BYOL(nn.Module):
         normalize: ``(mean, std)`` (one value per input channel, or one for all),
             ``None``, or ``"auto"``. It runs after whichever augmentation runs and on
             embedding inputs; ``"auto"`` (the default) means ImageNet statistics with the
-            default augmentations and none with your own ``augment_fn``.
+            default augmentations of 3-channel images, and none with your own ``augment_fn``
+            or with other channel counts (pass your data's per-channel statistics there).
         token_pool: pooling of 3-D outputs: ``"cls"``, ``"mean"`` (over tokens),
             ``"spatial"`` (``(N, C, L)`` maps) or ``"auto"`` (class token if the net has one).
         pool_fn: a callable replacing the default pooling of the hidden layer's output.
@@ -173,9 +169,8 @@ class BYOL(nn.Module):
         view_batching: how the two views go through the networks. ``"one_pass"``: as one
             batch, each BatchNorm layer normalising each view with its own statistics (the
             paper's per-view passes, same loss, gradients and running statistics, computed in
-            one pass; see :func:`byol_wrap.batchnorm.per_view_batchnorm`; safe with several
-            threads, it sets nothing on the modules; a ``SyncBatchNorm`` synchronising across
-            processes gets one forward per view instead). ``"per_view"``: one
+            one pass, thread-safe; see :func:`byol_wrap.core.batchnorm.per_view_batchnorm`; a
+            ``SyncBatchNorm`` syncing across processes gets a forward per view). ``"per_view"``: one
             forward per view. ``"concat"``: one batch whose BatchNorm statistics mix the views
             (byol-pytorch's behaviour). ``"auto"`` (default): the faster of the first two
             as measured on a CPU, ``"one_pass"`` up to 48 x 48 pixels per view, else
@@ -183,7 +178,7 @@ class BYOL(nn.Module):
         concat_views: deprecated; ``True`` is ``view_batching="concat"``.
         input_shape: per-sample input shape for the probe when ``image_size`` does not
             describe it, e.g. ``(channels, length)`` for a 1-D signal encoder.
-        check_finite: raise :class:`~byol_wrap.checks.NonFiniteError` for a NaN/inf in the
+        check_finite: raise :class:`~byol_wrap.core.checks.NonFiniteError` for a NaN/inf in the
             input batch (before any forward), in the loss (BatchNorm running statistics put
             back) or in the online weights at :meth:`update_moving_average` (target kept),
             and warn once when float images lie far outside [0, 1] with the default
@@ -255,8 +250,7 @@ class BYOL(nn.Module):
         self.view_batching = resolve_view_batching(view_batching, concat_views, net, self.extractor.layer,
                                                    self.input_shape)
         self.ema_step = 0
-        # shared, not copied, by DataParallel's replicas: a forward there counts here too
-        self._ema_calls: Dict[str, bool] = {"trained": False, "warned": False}
+        self._ema_calls = UpdateCalls()
         self._set_augmentations(augment_fn, augment_fn2, normalize)
         device, dtype = module_device_dtype(net)
         self.representation_size, unused = self._probe(device, dtype, image_size)
@@ -273,9 +267,9 @@ class BYOL(nn.Module):
         """T and T' (the paper's unless given) and the normalisation that follows whichever runs."""
         self.uses_default_augmentations = augment_fn is None and augment_fn2 is None
         if self.uses_default_augmentations:
-            if len(self.input_shape) != 3 or self.input_shape[0] != 3:
+            if len(self.input_shape) != 3:
                 raise ValueError(default_augmentations_error(self.input_shape))
-            augment_fn, augment_fn2 = default_augmentations(self.input_shape[1:])
+            augment_fn, augment_fn2 = default_augmentations(self.input_shape[1:], channels=self.input_shape[0])
         self.augment1: Augment = augment_fn  # type: ignore[assignment]
         self.augment2: Augment = augment_fn2 if augment_fn2 is not None else augment_fn  # type: ignore[assignment]
         stats = resolve_normalize(normalize, self.uses_default_augmentations, self.input_shape[0])
@@ -403,7 +397,13 @@ class BYOL(nn.Module):
             )
         if not augmented or self.uses_default_augmentations:
             expected = self.input_shape
-            if x.ndim != len(expected) + 1 or x.shape[1] != expected[0]:
+            if x.ndim == len(expected) + 1 and x.shape[1] != expected[0]:
+                raise ValueError(
+                    f"the net takes {expected[0]}-channel inputs (N, {', '.join(map(str, expected))}) but the batch "
+                    f"has {x.shape[1]} channels, shape {tuple(x.shape)}; pass {expected[0]}-channel images (the "
+                    f"default augmentations are built for the net's first convolution, or input_shape)"
+                )
+            if x.ndim != len(expected) + 1:
                 raise ValueError(
                     f"expected input of shape (N, {', '.join(map(str, expected))}) "
                     f"(N, C{', H, W' if len(expected) == 3 else ', ...'}"
@@ -432,10 +432,11 @@ class BYOL(nn.Module):
                 )
 
     def _check_values(self, x: Tensor) -> None:
-        """NaN/inf raise; float images far outside [0, 1] warn once (default augmentations)."""
+        """NaN/inf raise; float images far outside [0, 1] warn once (default augmentations: for RGB
+        always, for other channel counts, which work at any scale, when nothing normalises them)."""
         lo, hi = check_input_batch(x)
         if self.uses_default_augmentations and not self._range_warned:
-            message = range_message(lo, hi)
+            message = range_message(lo, hi, self.input_shape[0], normalized=self.normalizer is not None)
             if message is not None:
                 self._range_warned = True
                 warnings.warn(message, ImageRangeWarning, stacklevel=4)
@@ -466,7 +467,8 @@ class BYOL(nn.Module):
         """The symmetric BYOL loss of a batch, or its online embedding.
 
         Args:
-            x: images ``(N, C, H, W)``, float in [0, 1] or uint8 in [0, 255].
+            x: images ``(N, C, H, W)``, uint8 in [0, 255] or float: in [0, 1] for 3-channel
+                images with the default augmentations, at any scale for other channel counts.
             return_embedding: return ``(projection, representation)`` of the online
                 network for ``x`` without augmentation (normalised like the default views).
             return_projection: with ``return_embedding``, ``False`` returns the
@@ -476,8 +478,7 @@ class BYOL(nn.Module):
         if return_embedding:
             projection, representation = self._online(self._to_net_input(self._normalize(x)))
             return (projection, representation) if return_projection else representation
-        if self.training and torch.is_grad_enabled():
-            self._ema_calls["trained"] = True
+        self._ema_calls.forward(self.training)
         if not self.check_finite:
             return self._loss(x)
         with restore_batchnorm_on_error(self):
@@ -503,12 +504,11 @@ class BYOL(nn.Module):
         return symmetric_byol_loss(self.predictor(projection1), self.predictor(projection2), z1, z2)
 
     def _networks(self) -> List[nn.Module]:
-        return [m for m in (self.net, self.projector, self.predictor, self.target_net, self.target_projector)
-                if m is not None]
+        networks = (self.net, self.projector, self.predictor, self.target_net, self.target_projector)
+        return [m for m in networks if m is not None]
 
     def _needs_separate_passes(self) -> bool:
-        """One-pass mode with a SyncBatchNorm synchronising across processes: one forward per view instead
-        (the same computation; per_view_batchnorm cannot split such a layer)."""
+        """A SyncBatchNorm synchronising across processes cannot be split: one forward per view instead."""
         return self.view_batching == "one_pass" and bool(unsplittable_layers(*self._networks()))
 
     def _loss_concatenated(self, view1: Tensor, view2: Tensor) -> Tensor:
@@ -547,13 +547,8 @@ class BYOL(nn.Module):
     def update_moving_average(self) -> float:
         """Move the target towards the online network: ``xi <- tau xi + (1 - tau) theta``.
 
-        Call once per optimizer step. Returns the tau that was used. Each call is one step of
-        the tau schedule (:attr:`ema_step` + 1); with ``total_steps``, calls past it keep
-        ``tau = 1.0``, so the target stops moving. A call with no training forward of the
-        learner (training mode, gradients on) since the previous call, or since construction,
-        warns once per learner with :class:`~byol_wrap.ema.MovingAverageWarning`: calling it
-        twice per optimizer step would run the schedule twice as fast. Gradient accumulation
-        (several forwards per call) is fine.
+        Call once per optimizer step (an extra call warns once, :class:`~byol_wrap.core.ema.UpdateCalls`).
+        Returns the tau that was used; past ``total_steps`` it is 1.0 (the target stops).
 
         Raises:
             RuntimeError: with ``use_momentum=False`` (there is no separate target).
@@ -565,32 +560,14 @@ class BYOL(nn.Module):
                 "update_moving_average() has nothing to do with use_momentum=False: the target is the online "
                 "network under stop-gradient. Remove the call, or construct BYOL with use_momentum=True."
             )
-        self._warn_extra_call()
+        self._ema_calls.update_called(self.ema_step)
         tau = self.tau
         online = self.online_parameters()
-        if self.check_finite and not all_finite(online):
-            named = [(f"net.{n}", p) for n, p in self.net.named_parameters()]
-            named += [(f"projector.{n}", p) for n, p in self.projector.named_parameters()]
-            raise NonFiniteError(
-                f"update_moving_average() refused: these online parameters are non-finite: "
-                f"{shorten(nonfinite_names(named))}; the target was left unchanged. The optimizer diverged: lower "
-                f"the learning rate, clip gradients, or restore the last good checkpoint."
-            )
+        if self.check_finite:
+            check_online_weights(online, {"net": self.net, "projector": self.projector})
         ema_update_(self.target_parameters(), online, tau)
         self.ema_step += 1
         return tau
-
-    def _warn_extra_call(self) -> None:
-        calls = self._ema_calls
-        if not calls["trained"] and not calls["warned"]:
-            calls["warned"] = True
-            warnings.warn(
-                f"update_moving_average() was called without a training forward of the learner since its previous "
-                f"call (or since it was built); this is call {self.ema_step + 1} of the tau schedule. Each call is one "
-                f"schedule step, so two calls per optimizer step move the target twice as fast as the schedule "
-                f"says. Call it once per optimizer step, after optimizer.step(). Warned once per learner.",
-                MovingAverageWarning, stacklevel=3)
-        calls["trained"] = False
 
     def reset_moving_average(self) -> None:
         """Copy the online weights into the target and restart the tau schedule."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Iterable, List
 
 import torch
@@ -18,6 +19,43 @@ class MovingAverageWarning(UserWarning):
     Each call is one step of the tau schedule, so extra calls make the target follow the
     online network faster than the schedule says. Warned once per learner.
     """
+
+
+class UpdateCalls:
+    """Whether a learner ran a training forward since its last ``update_moving_average()``.
+
+    ``BYOL`` calls :meth:`forward` in each loss forward (a training forward: training mode,
+    gradients on) and :meth:`update_called` in each ``update_moving_average()``. A call with no training
+    forward since the previous call, or since construction, warns once with
+    :class:`MovingAverageWarning`: two calls per optimizer step would run the tau schedule
+    twice as fast. Gradient accumulation (several forwards per call) is fine. One object per
+    learner, shared (not copied) by ``DataParallel``'s replicas, so a forward there counts.
+
+    Example:
+        >>> calls = UpdateCalls()
+        >>> calls.forward(training=True)
+        >>> calls.update_called(step=0)  # one training forward, one call: no warning
+    """
+
+    def __init__(self) -> None:
+        self.since_update = False
+        self.warned = False
+
+    def forward(self, training: bool) -> None:
+        if training and torch.is_grad_enabled():
+            self.since_update = True
+
+    def update_called(self, step: int) -> None:
+        """Record a call (``step``: the schedule step it runs); warn once if nothing trained since the last."""
+        if not self.since_update and not self.warned:
+            self.warned = True
+            warnings.warn(
+                f"update_moving_average() was called without a training forward of the learner since its previous "
+                f"call (or since it was built); this is call {step + 1} of the tau schedule. Each call is one "
+                f"schedule step, so two calls per optimizer step move the target twice as fast as the schedule "
+                f"says. Call it once per optimizer step, after optimizer.step(). Warned once per learner.",
+                MovingAverageWarning, stacklevel=3)
+        self.since_update = False
 
 
 def cosine_tau(
