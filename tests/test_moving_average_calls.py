@@ -61,21 +61,28 @@ def test_two_calls_per_step_warn_once_with_a_clear_message():
     assert learner.ema_step == 6  # the calls still count: the warning does not change what they do
 
 
-@pytest.mark.parametrize("how", ["before_any_forward", "eval_forward", "no_grad_forward", "embedding"])
+@pytest.mark.parametrize("how", ["before_any_forward", "no_grad_forward", "embedding"])
 def test_forwards_that_are_no_training_step_do_not_count(how):
     learner, _ = make_learner()
     x = torch.rand(4, 3, 8, 8)
-    if how == "eval_forward":
-        learner.eval()
-        learner(x)
-        learner.train()
-    elif how == "no_grad_forward":
+    if how == "no_grad_forward":
         with torch.no_grad():
             learner(x)
     elif how == "embedding":
         learner(x, return_embedding=True)
     with pytest.warns(MovingAverageWarning):
         learner.update_moving_average()
+
+
+def test_training_in_eval_mode_counts():
+    """A loss with gradients in eval mode (frozen BatchNorm statistics) is a training step too."""
+    learner, opt = make_learner()
+    learner.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MovingAverageWarning)
+        for _ in range(2):
+            train_step(learner, opt)
+            learner.update_moving_average()
 
 
 def test_tau_past_total_steps_stays_one_and_the_target_stops():

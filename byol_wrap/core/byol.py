@@ -478,7 +478,7 @@ class BYOL(nn.Module):
         if return_embedding:
             projection, representation = self._online(self._to_net_input(self._normalize(x)))
             return (projection, representation) if return_projection else representation
-        self._ema_calls.forward(self.training)
+        self._ema_calls.forward()
         if not self.check_finite:
             return self._loss(x)
         with restore_batchnorm_on_error(self):

@@ -24,8 +24,9 @@ class MovingAverageWarning(UserWarning):
 class UpdateCalls:
     """Whether a learner ran a training forward since its last ``update_moving_average()``.
 
-    ``BYOL`` calls :meth:`forward` in each loss forward (a training forward: training mode,
-    gradients on) and :meth:`update_called` in each ``update_moving_average()``. A call with no training
+    ``BYOL`` calls :meth:`forward` in each loss forward (a training forward when gradients
+    are on, in training or eval mode; a loss under ``torch.no_grad()`` trains nothing) and
+    :meth:`update_called` in each ``update_moving_average()``. A call with no training
     forward since the previous call, or since construction, warns once with
     :class:`MovingAverageWarning`: two calls per optimizer step would run the tau schedule
     twice as fast. Gradient accumulation (several forwards per call) is fine. One object per
@@ -33,7 +34,7 @@ class UpdateCalls:
 
     Example:
         >>> calls = UpdateCalls()
-        >>> calls.forward(training=True)
+        >>> calls.forward()
         >>> calls.update_called(step=0)  # one training forward, one call: no warning
     """
 
@@ -41,8 +42,8 @@ class UpdateCalls:
         self.since_update = False
         self.warned = False
 
-    def forward(self, training: bool) -> None:
-        if training and torch.is_grad_enabled():
+    def forward(self) -> None:
+        if torch.is_grad_enabled():
             self.since_update = True
 
     def update_called(self, step: int) -> None:

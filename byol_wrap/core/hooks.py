@@ -181,12 +181,12 @@ class RepresentationExtractor:
             return net_output(net(x), net, self.pool_fn)
         captured: List[Tensor] = []
         early_exit = self.early_exit
-        owner = threading.get_ident()
+        owner = None if torch.compiler.is_compiling() else threading.get_ident()
 
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             # the hook is on the user's module while this forward runs: the same net called in
             # another thread meanwhile (the user's own net(x), another learner) must not see it
-            if not torch.compiler.is_compiling() and threading.get_ident() != owner:
+            if owner is not None and threading.get_ident() != owner:
                 return
             if not captured:
                 tensor = first_tensor(output, f"layer {self.layer!r}")
