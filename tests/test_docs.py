@@ -25,6 +25,7 @@ import re
 import shlex
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -199,10 +200,17 @@ class Page:
             for line in block.marker.get("setup", []):
                 exec(compile(line, f"{block.where} (setup)", "exec"), self.namespace)
             text = apply_replacements(block)
-            if block.language in ("python", "py"):
-                self.run_python(block, text)
-            else:
-                self.run_bash(block, text)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                if block.language in ("python", "py"):
+                    self.run_python(block, text)
+                else:
+                    self.run_bash(block, text)
+            # an example shows clean use: no warning of byol-wrap's own (deprecated paths, misuse, ranges)
+            ours = [w for w in caught if w.category.__module__.startswith("byol_wrap")
+                    or "byol_wrap" in str(w.message).split(" ")[0] or os.sep + "byol_wrap" + os.sep in w.filename]
+            assert not ours, f"{block.where}: the example warns: " + "; ".join(
+                f"{w.category.__name__}: {w.message}" for w in ours)
         finally:
             os.chdir(previous)
 
