@@ -326,7 +326,7 @@ def slug(heading: str) -> str:
 HTML = DOCS / "_build" / "html"
 SITE_PAGES = ["index", "get-started", "pretrain", "library", "backbones", "channels", "scaling-out",
               "checks-and-resume", "migrating", "defaults", "recipes", "benchmarks", "dependencies", "cli",
-              "about-these-docs", "api/index"]
+              "about-these-docs", "api/index", "changelog"]
 
 
 @pytest.mark.skipif(not (HTML / "index.html").exists(), reason="the site is not built (.ci/run builds it first)")
