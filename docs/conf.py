@@ -198,7 +198,7 @@ def _cli_help_directive():
             from byol_wrap.job.cli import build_parser
 
             saved = os.environ.get("COLUMNS")
-            os.environ["COLUMNS"] = "100"  # argparse wraps at the terminal's width
+            os.environ["COLUMNS"] = "90"  # argparse wraps at the terminal's width; the page shows about 88
             try:
                 parser = build_parser()
                 if self.arguments[0] == "byol-wrap":

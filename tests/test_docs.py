@@ -35,7 +35,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-RUNNABLE = ("python", "py", "bash", "sh", "shell")
+RUNNABLE = ("python", "py", "pycon", "bash", "sh", "shell")
 README_LIMIT = 12 * 1024
 
 
@@ -202,7 +202,7 @@ class Page:
             text = apply_replacements(block)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                if block.language in ("python", "py"):
+                if block.language in ("python", "py", "pycon"):
                     self.run_python(block, text)
                 else:
                     self.run_bash(block, text)
