@@ -117,16 +117,31 @@ def runnable_blocks() -> List[Block]:
 
 # --- what the pages' setup lines may call ---------------------------------------------------------------------
 
-def make_images(folder: str, count: int = 8, size: int = 40, seed: int = 0) -> str:
-    """``count`` small random JPEG files in ``folder`` (created)."""
+def make_images(folder: str, count: int = 8, size: int = 40, seed: int = 0, kind: str = "jpg",
+                channels: int = 3) -> str:
+    """``count`` small random image files in ``folder`` (created).
+
+    ``kind``: ``"jpg"`` (RGB JPEG), ``"png16"`` (16-bit grayscale PNG) or ``"tif"`` (uint16 TIFF with
+    ``channels`` bands, channels last).
+    """
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(seed)
     os.makedirs(folder, exist_ok=True)
     for k in range(count):
-        pixels = rng.integers(0, 256, size=(size, size + k % 3, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(os.path.join(folder, f"image_{k:03d}.jpg"), quality=90)
+        shape = (size, size + k % 3)
+        name = os.path.join(folder, f"image_{k:03d}")
+        if kind == "jpg":
+            Image.fromarray(rng.integers(0, 256, size=(*shape, 3), dtype=np.uint8)).save(name + ".jpg", quality=90)
+        elif kind == "png16":
+            Image.fromarray(rng.integers(0, 65536, size=shape, dtype=np.uint16)).save(name + ".png")
+        elif kind == "tif":
+            import tifffile
+
+            tifffile.imwrite(name + ".tif", rng.integers(0, 65536, size=(*shape, channels), dtype=np.uint16))
+        else:
+            raise ValueError(f"kind must be 'jpg', 'png16' or 'tif', got {kind!r}")
     return folder
 
 
@@ -135,6 +150,16 @@ def make_labelled(folder: str, classes: int = 2, per_class: int = 4, size: int =
     for c in range(classes):
         make_images(os.path.join(folder, f"class_{c}"), per_class, size, seed=c + 1)
     return folder
+
+
+def make_run(out: str = "runs/digits", steps: int = 3) -> str:
+    """A finished, tiny run of the set-up command in ``out`` (for pages that export, evaluate or embed one)."""
+    from byol_wrap.job.cli import main
+
+    code = main(["pretrain", "--out", out, "--steps", str(steps), "--batch-size", "32", "--workers", "0",
+                 "--no-progress"])
+    assert code == 0, f"the tiny run into {out} exited with {code}"
+    return out
 
 
 # --- running a page ---------------------------------------------------------------------------------------------
@@ -177,7 +202,7 @@ class Page:
         self.blocks = [b for b in code_blocks(path) if b.language in RUNNABLE]
         self.folder = folder
         self.namespace: Dict[str, Any] = {"__name__": "__docs__", "torch": torch, "make_images": make_images,
-                                          "make_labelled": make_labelled}
+                                          "make_labelled": make_labelled, "make_run": make_run}
         self.done: Dict[int, Optional[BaseException]] = {}
 
     def run_until(self, index: int) -> None:
