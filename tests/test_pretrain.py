@@ -16,9 +16,9 @@ pytest.importorskip("tqdm")
 pytest.importorskip("matplotlib")
 Image = pytest.importorskip("PIL.Image")
 
-from byol_wrap.checkpoint import RunError, TrainingStopped, compare_arguments, resume_state  # noqa: E402
-from byol_wrap.monitor import collapse_metric  # noqa: E402
-from byol_wrap.train import pretrain  # noqa: E402
+from byol_wrap.job.checkpoint import RunError, TrainingStopped, compare_arguments, resume_state  # noqa: E402
+from byol_wrap.job.monitor import collapse_metric  # noqa: E402
+from byol_wrap.job.train import pretrain  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -96,9 +96,9 @@ def test_skipped_txt_names_exactly_the_broken_files(folder_run):
 
 
 def test_encoder_loads_and_embeds(folder_run, tmp_path, capsys):
-    from byol_wrap.cli import main
-    from byol_wrap.data import default_load_size, eval_images, read_image
-    from byol_wrap.encoder import load_encoder
+    from byol_wrap.job.cli import main
+    from byol_wrap.job.data import default_load_size, eval_images, read_image
+    from byol_wrap.job.encoder import load_encoder
 
     root, out, encoder, broken = folder_run
     target = tmp_path / "emb.npz"
@@ -118,7 +118,7 @@ def test_encoder_loads_and_embeds(folder_run, tmp_path, capsys):
 
 
 def test_export_command_rebuilds_the_same_encoder(folder_run, tmp_path):
-    from byol_wrap.cli import main
+    from byol_wrap.job.cli import main
 
     _, out, encoder, _ = folder_run
     assert main(["export", str(out), "--out", str(tmp_path / "again.pt")]) == 0
@@ -171,11 +171,11 @@ def test_full_disk_during_a_checkpoint_stops_and_keeps_the_last_one(tmp_path, mo
 
 
 def test_nan_loss_stops_without_touching_the_last_checkpoint(tmp_path, monkeypatch):
-    import byol_wrap.byol
+    import byol_wrap.core.byol
 
     data = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8)
     out = tmp_path / "run"
-    forward = byol_wrap.byol.BYOL.forward
+    forward = byol_wrap.core.byol.BYOL.forward
     calls = {"n": 0}
 
     def diverging(self, x, *args, **kwargs):
@@ -186,7 +186,7 @@ def test_nan_loss_stops_without_touching_the_last_checkpoint(tmp_path, monkeypat
                 return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(byol_wrap.byol.BYOL, "forward", diverging)
+    monkeypatch.setattr(byol_wrap.core.byol.BYOL, "forward", diverging)
     with pytest.raises(TrainingStopped) as error:
         pretrain(data, out=out, steps=6, checkpoint_every=2, **SMALL)
     message = str(error.value)
@@ -276,7 +276,7 @@ def test_the_builtin_default_is_not_shadowed_by_a_folder_named_digits(tmp_path, 
 def test_the_logged_loss_goes_through_the_mean_over_ranks(tmp_path, monkeypatch):
     """metrics.jsonl logs ``_World.mean(loss)`` (the mean over torchrun's ranks; the loss itself alone).
     A stand-in mean that adds 100 shows the logged value is the mean's, not the local loss."""
-    from byol_wrap import train
+    from byol_wrap.job import train
 
     calls = []
 

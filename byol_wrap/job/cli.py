@@ -154,7 +154,7 @@ def _embed(args: argparse.Namespace) -> None:
 
 
 def _layers(args: argparse.Namespace) -> None:
-    from .layers import format_layers, list_layers
+    from ..core.layers import format_layers, list_layers
     from .models import build_model
 
     image_size = args.image_size or (32 if args.spec.startswith("byol_wrap/") else 224)

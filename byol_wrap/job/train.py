@@ -2,7 +2,7 @@
 
 Everything the run writes goes into ``out`` (RUN_DIR):
 
-- ``checkpoints/last.pt``: all that an exact continuation needs (see :mod:`byol_wrap.checkpoint`),
+- ``checkpoints/last.pt``: all that an exact continuation needs (see :mod:`byol_wrap.job.checkpoint`),
 - ``encoder.pt``: the trained backbone with its metadata (:func:`byol_wrap.load_encoder` reads it),
 - ``metrics.jsonl`` (and TensorBoard events under ``tensorboard/`` when tensorboard is installed),
 - ``plots/training.png`` and ``plots/augmentations.png``,
@@ -30,7 +30,8 @@ from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple, Union, 
 import torch
 from torch import Tensor, nn
 
-from .byol import BYOL
+from ..core.byol import BYOL
+from ..core.checks import NonFiniteError
 from .checkpoint import (
     RunError,
     TrainingStopped,
@@ -42,7 +43,6 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .checks import NonFiniteError
 
 EXTRAS_MESSAGE = 'byol-wrap pretrain needs the training extras: pip install "byol-wrap[train]"'
 DIGITS_STEPS = 300          # the built-in default run: ~1-3 minutes on 2 CPU cores
@@ -445,7 +445,7 @@ class _Run:
         return dataset
 
     def _build_learner(self) -> BYOL:
-        from .augment import IMAGENET_MEAN, IMAGENET_STD
+        from ..core.augment import IMAGENET_MEAN, IMAGENET_STD
 
         kwargs: Dict[str, Any] = {}
         if self.device.type == "cpu":
@@ -468,7 +468,7 @@ class _Run:
                              f"--image-size {self.image_size}") from error
 
     def _build_optimizer(self) -> Tuple[torch.optim.Optimizer, Any, float]:
-        from .optim import byol_param_groups, lars_optimizer, scaled_lr, warmup_cosine_scheduler
+        from ..core.optim import byol_param_groups, lars_optimizer, scaled_lr, warmup_cosine_scheduler
 
         warmup = min(self.total_steps, max(1, round(WARMUP_SHARE * self.total_steps)))
         if self.options["lr"] is not None and not self.options["lr"] > 0:
@@ -561,7 +561,7 @@ class _Run:
     def _knn(self) -> Optional[float]:
         if self.knn is None or not self.world.main:
             return None
-        from .knn import embed, knn_accuracy
+        from ..core.knn import embed, knn_accuracy
 
         x_train, y_train, x_test, y_test = self.knn
         learner = self.learner
@@ -820,7 +820,7 @@ def export_run(run_dir: Union[str, os.PathLike], out: Optional[Union[str, os.Pat
 
     Raises:
         RunError: no checkpoint, an unreadable one, or a run of an ``nn.Module`` given in Python
-            (no spec to rebuild it from: call :func:`byol_wrap.encoder.export_encoder` yourself).
+            (no spec to rebuild it from: call :func:`byol_wrap.job.encoder.export_encoder` yourself).
 
     Example:
         >>> export_run("runs/digits")                     # doctest: +SKIP
@@ -838,7 +838,7 @@ def export_run(run_dir: Union[str, os.PathLike], out: Optional[Union[str, os.Pat
     meta = dict(state["encoder"])
     if not meta.get("model_spec"):
         raise RunError(f"{path} is a run of a model given in Python ({state['arguments'].get('model')}); "
-                       f"export it with byol_wrap.encoder.export_encoder(net, path, ...) from your own code")
+                       f"export it with byol_wrap.job.encoder.export_encoder(net, path, ...) from your own code")
     net = build_model(meta["model_spec"], image_size=meta["image_size"])
     prefix = "net."
     weights = {key[len(prefix):]: value for key, value in state["learner"].items() if key.startswith(prefix)}

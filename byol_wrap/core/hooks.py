@@ -208,10 +208,10 @@ class RepresentationExtractor:
 # Names that lived here before pooling.py, probe.py and layers.py took them over: old name -> new module.
 _MOVED = {
     **dict.fromkeys(("pool", "prefix_token_count", "channels_last_outputs", "describe_pooling", "default_token_pool",
-                     "TOKEN_POOLS"), "byol_wrap.pooling"),
+                     "TOKEN_POOLS"), "byol_wrap.core.pooling"),
     **dict.fromkeys(("infer_input_shape", "image_size_pair", "module_device_dtype", "cuda_rng_devices",
-                     "probe_context"), "byol_wrap.probe"),
-    **dict.fromkeys(("list_layers", "format_layers", "print_layers"), "byol_wrap.layers"),
+                     "probe_context"), "byol_wrap.core.probe"),
+    **dict.fromkeys(("list_layers", "format_layers", "print_layers"), "byol_wrap.core.layers"),
 }
 
 
@@ -220,6 +220,6 @@ def __getattr__(name: str) -> Any:
         import importlib
         import warnings
 
-        warnings.warn(f"byol_wrap.hooks.{name} moved to {_MOVED[name]}.{name}", DeprecationWarning, stacklevel=2)
+        warnings.warn(f"byol_wrap.core.hooks.{name} moved to {_MOVED[name]}.{name}", DeprecationWarning, stacklevel=2)
         return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module 'byol_wrap.hooks' has no attribute {name!r}")
+    raise AttributeError(f"module 'byol_wrap.core.hooks' has no attribute {name!r}")

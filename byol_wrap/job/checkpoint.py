@@ -7,13 +7,13 @@
 - ``learner``: the BYOL learner's ``state_dict`` (online net, projector, predictor, target, tau step),
 - ``optimizer``, ``scheduler`` and ``scaler`` (float16 runs) state dicts,
 - ``step`` (optimizer steps done), ``epoch`` and ``batch_in_epoch`` (position within the epoch),
-- ``rng``: one :func:`byol_wrap.rng.get_rng_state` dict per process (Python, numpy, torch, CUDA),
+- ``rng``: one :func:`byol_wrap.core.rng.get_rng_state` dict per process (Python, numpy, torch, CUDA),
 - ``arguments``: the run's arguments (:func:`compare_arguments` decides whether a new command may continue it),
 - ``finished``, ``skipped`` (``[path, reason]`` pairs so far), ``knn`` (``[step, accuracy]`` pairs)
   and ``elapsed`` (seconds trained).
 
 Example:
-    >>> from byol_wrap.checkpoint import compare_arguments
+    >>> from byol_wrap.job.checkpoint import compare_arguments
     >>> compare_arguments({"lr": 0.001, "steps": 300}, {"lr": 0.002, "steps": 300})
     ['lr: 0.001 in the saved run, 0.002 now']
 """
@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from .rng import get_rng_state, set_rng_state  # noqa: F401 - the RNG part of last.pt, re-exported for train.py
+from ..core.rng import get_rng_state, set_rng_state  # noqa: F401 - the RNG part of last.pt, re-exported for train.py
 
 FORMAT = "byol-wrap-run"
 VERSION = 1
