@@ -47,6 +47,8 @@ class SkipCollate:
         self.size = size_pair(getattr(dataset, "load_size", (1, 1)))
 
     def __call__(self, items: Sequence[Item]) -> Batch:
+        if isinstance(items, Batch):  # a dataset that fetches whole batches (``__getitems__``, the image cache)
+            return items
         good = [(img, idx) for img, idx, _ in items if img is not None]
         skipped = [(self.describe(idx), str(reason)) for img, idx, reason in items if img is None]
         if good:
