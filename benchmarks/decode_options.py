@@ -185,9 +185,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
             vs_cur = difference(np.stack(outs), np.stack(current))
             results[f"{name}@{s}"] = {"load_size": s, "images_per_s": statistics.median(rates[name]),
                                       "rates": rates[name], "vs_reference": vs_ref, "vs_pillow_draft": vs_cur}
-            print(f"{s:4d} {name:20s} {statistics.median(rates[name]):7.1f} img/s   vs full: mean {vs_ref['mean_abs']:.3f} "
-                  f"p99.9 {vs_ref['p999_abs']:.0f} PSNR {vs_ref['psnr_db']:.1f} dB   vs draft: mean {vs_cur['mean_abs']:.3f}",
-                  flush=True)
+            print(f"{s:4d} {name:20s} {statistics.median(rates[name]):7.1f} img/s   vs full: mean "
+                  f"{vs_ref['mean_abs']:.3f} p99.9 {vs_ref['p999_abs']:.0f} PSNR {vs_ref['psnr_db']:.1f} dB   "
+                  f"vs draft: mean {vs_cur['mean_abs']:.3f}", flush=True)
     payload = {"command": "python -m benchmarks.decode_options " + " ".join(sys.argv[1:] if argv is None else argv),
                "folder": str(args.folder), "images": len(paths), "missing": missing, "results": results,
                "threads": 1, "omp": os.environ.get("OMP_NUM_THREADS")}

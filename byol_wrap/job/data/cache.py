@@ -183,7 +183,7 @@ class ImageCache:
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, folder: Path, paths: Sequence[str], root: str, layout: CacheLayout, load_size: Tuple[int, int],
-             lock: bool = True) -> Tuple["ImageCache", Dict[str, Any]]:
+             lock: bool = True) -> Tuple[ImageCache, Dict[str, Any]]:
         """Create or reuse the cache in ``folder`` for ``paths`` (files under ``root``), as its leader.
 
         Takes the lock (raises ``BlockingIOError`` naming the holder after :data:`LOCK_WAIT_S`), compares the
@@ -202,7 +202,7 @@ class ImageCache:
 
     @classmethod
     def _open_locked(cls, folder: Path, paths: Sequence[str], root: str, layout: CacheLayout,
-                     load_size: Tuple[int, int], lock_fd: Optional[int]) -> Tuple["ImageCache", Dict[str, Any]]:
+                     load_size: Tuple[int, int], lock_fd: Optional[int]) -> Tuple[ImageCache, Dict[str, Any]]:
         from ..io import remove_temporary_files
 
         remove_temporary_files(folder / INDEX)
@@ -280,7 +280,7 @@ class ImageCache:
 
     @classmethod
     def attach(cls, folder: Path, paths: Sequence[str], root: str, layout: CacheLayout,
-               load_size: Tuple[int, int]) -> "ImageCache":
+               load_size: Tuple[int, int]) -> ImageCache:
         """The cache a leader prepared in ``folder``, for a process that only reads and writes records."""
         index = _read_index(folder / INDEX, _header(layout, load_size))
         if index is None:
@@ -325,7 +325,7 @@ class ImageCache:
         fd, _, marks = self._files()
         data = np.ascontiguousarray(image)
         try:
-            written = os.pwrite(fd, memoryview(data).cast("B"), slot * self.layout.record_bytes)
+            written = os.pwrite(fd, data.data, slot * self.layout.record_bytes)
             if written != self.layout.record_bytes:
                 raise OSError(errno.EIO, f"short write ({written} of {self.layout.record_bytes} bytes)")
         except OSError as error:
@@ -537,7 +537,7 @@ def _batch_tensor(shape: Tuple[int, ...], dtype: torch.dtype) -> Tensor:
         return torch.empty(shape, dtype=dtype)
     numel = int(np.prod(shape))
     storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel, device="cpu")
-    return torch.empty(0, dtype=dtype).new(storage).resize_(shape)  # type: ignore[call-overload]
+    return torch.empty(0, dtype=dtype).new(storage).resize_(shape)
 
 
 # ============================================================================ choosing
