@@ -12,7 +12,9 @@ Options (those whose package is missing are skipped, said in the output):
                       size (byol-wrap's read_image)
     pillow-draft-reduce  + resize(reducing_gap=2.0): Image.reduce by an integer factor first, then bilinear
     simplejpeg        simplejpeg.decode_jpeg(min_height, min_width) (libjpeg-turbo DCT scaling) + Pillow resize
-    torchvision       torchvision.io.decode_jpeg (whole image) + torchvision resize (uint8, antialias)
+    simplejpeg-tv     simplejpeg (DCT scaling where it shrinks) + torchvision resize (uint8, antialias)
+    torchvision       torchvision.io.decode_jpeg (whole image) + torchvision resize (uint8, antialias);
+                      deprecated in torchvision 0.29 (TorchCodec replaces it): measured, not used
     torchvision-pil   Pillow draft decode + torchvision resize (uint8, antialias)
     cv2-reduced       cv2.imread(IMREAD_REDUCED_COLOR_k) + cv2.resize INTER_AREA
 
@@ -85,6 +87,20 @@ def _torch_resize_crop(x: torch.Tensor, s: int) -> np.ndarray:
     return x[:, top:top + s, left:left + s].permute(1, 2, 0).numpy()
 
 
+def simplejpeg_tv_decoder() -> Decoder:
+    import simplejpeg
+
+    def decode(path: str, s: int) -> np.ndarray:
+        with open(path, "rb") as handle:
+            data = handle.read()
+        h, w = simplejpeg.decode_jpeg_header(data)[:2]
+        scaled = w // 2 >= s and h // 2 >= s
+        arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=s if scaled else 0,
+                                     min_width=s if scaled else 0)
+        return _torch_resize_crop(torch.from_numpy(arr).permute(2, 0, 1), s)
+    return decode
+
+
 def torchvision_decoder() -> Decoder:
     from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
@@ -99,7 +115,7 @@ def torchvision_pil_decoder() -> Decoder:
     def decode(path: str, s: int) -> np.ndarray:
         with Image.open(path) as image:
             image.draft("RGB", (s, s))
-            arr = np.asarray(image.convert("RGB"))
+            arr = np.array(image.convert("RGB"))
         return _torch_resize_crop(torch.from_numpy(arr).permute(2, 0, 1), s)
     return decode
 
@@ -134,6 +150,7 @@ FACTORIES: Dict[str, Callable[[], Decoder]] = {
     "pillow-draft": lambda: pillow(True),
     "pillow-draft-reduce": lambda: pillow(True, 2.0),
     "simplejpeg": simplejpeg_decoder,
+    "simplejpeg-tv": simplejpeg_tv_decoder,
     "torchvision": torchvision_decoder,
     "torchvision-pil": torchvision_pil_decoder,
     "cv2-reduced": cv2_decoder,
@@ -148,6 +165,9 @@ def difference(a: np.ndarray, b: np.ndarray) -> Dict[str, float]:
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="a folder of JPEG photos (benchmarks/photo_folder.py makes one)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[146, 256], help="load sizes (views 128, 224)")

@@ -263,7 +263,7 @@ def test_torchrun_followers_attach_to_their_machines_leader(folder, tmp_path):
     assert torch.equal(leader[2][0], read_image(leader.paths[2], LOAD))
     # a follower of a leader that uses no cache uses none either (never a stale one)
     off = attach_cache(open_images(folder, LOAD), "auto", tmp_path / "run", leader=False,
-                       gather=lambda obj: [[None, True, None], obj], say=lambda line: None)
+                       gather=lambda obj: [[None, True, None, None], obj], say=lambda line: None)
     assert isinstance(off, ImageFiles)
 
 
@@ -286,3 +286,74 @@ def test_index_layout_is_generic_in_dtype_and_channels(tmp_path):
     cache.close()
     index = json.loads((tmp_path / "c" / "index.json").read_text())
     assert (index["channels"], index["dtype"], index["record_bytes"]) == (5, "uint16", 5 * 3 * 4 * 2)
+
+
+# ----------------------------------------------------------------------------- in pretrain
+RUN = dict(image_size=16, batch_size=2, projection_size=32, projection_hidden_size=64, workers=0, progress=False,
+           steps=6, checkpoint_every=3, log_every=1)  # 12 files, 11 readable: the first epoch is steps 1-6
+
+
+def _losses(out: Path) -> dict:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_pretrain_killed_mid_first_epoch_resumes_exactly_as_an_uncached_run(folder, tmp_path, monkeypatch, capsys):
+    """Losses of: one uninterrupted run without the cache == a cached run stopped at step 5 (mid first epoch,
+    after the step-3 checkpoint, the cache's last records never synced: as after kill -9), then resumed."""
+    pytest.importorskip("tqdm")
+    from byol_wrap.job import train
+
+    pretrain = train.pretrain
+    reference = _losses(tmp_path / "plain") if pretrain(folder, out=tmp_path / "plain", cache="off", **RUN) else {}
+    assert not (tmp_path / "plain" / "cache").exists()
+
+    real_step = train._Run._train_step
+
+    def dying_step(self, images):
+        if self.step == 5:
+            raise KeyboardInterrupt("killed")
+        return real_step(self, images)
+
+    monkeypatch.setattr(train._Run, "_train_step", dying_step)
+    monkeypatch.setattr(CachedImages, "close", lambda self: os.close(self.cache._lock_fd))  # no sync: a kill
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(folder, out=tmp_path / "cached", **RUN)
+    monkeypatch.undo()
+    capsys.readouterr()
+    pretrain(folder, out=tmp_path / "cached", **RUN)
+    said = capsys.readouterr().out
+    assert "written after the last sync (a killed run)" in said and "resuming from step 3" in said, said
+    resumed = _losses(tmp_path / "cached")
+    assert sorted(resumed) == sorted(reference) == list(range(1, 7))
+    assert [resumed[s] for s in range(1, 7)] == [reference[s] for s in range(1, 7)], (resumed, reference)
+    again = attach_cache(open_images(folder, 18), "auto", tmp_path / "cached", say=lambda line: None)
+    assert again.cache.filled() == len(again) - 1  # the run ended after its first epoch: every readable image
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_pretrain_cache_line_overwrite_and_dir_errors(folder, tmp_path, capsys):
+    pytest.importorskip("tqdm")
+    from byol_wrap.job.checkpoint import RunError
+    from byol_wrap.job.train import pretrain
+
+    run = dict(RUN, steps=2, checkpoint_every=2, progress=True)
+    shared = tmp_path / "shared"
+    pretrain(folder, out=tmp_path / "a", cache=shared, **run)
+    said = capsys.readouterr().out
+    assert "cache: " in said and str(shared) in said and "new: the first epoch decodes" in said, said
+    pretrain(folder, out=tmp_path / "a", cache=shared, overwrite=True, **run)
+    said = capsys.readouterr().out
+    assert "images cached" in said and "removed the run's own cache" not in said, said  # DIR kept
+    pretrain(folder, out=tmp_path / "b", **run)
+    assert (tmp_path / "b" / "cache").is_dir()
+    capsys.readouterr()
+    pretrain(folder, out=tmp_path / "b", overwrite=True, **run)
+    said = capsys.readouterr().out
+    assert "removed the run's own cache" in said and "new: the first epoch decodes" in said, said
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(RunError, match="cannot write the image cache") as error:
+        pretrain(folder, out=tmp_path / "c", cache=blocker / "x", **run)
+    assert "\n" not in str(error.value)

@@ -32,7 +32,7 @@ VERSION = 1
 CHECKPOINT = Path("checkpoints") / "last.pt"
 
 # Arguments that change neither the losses nor the weights of a run: a resumed command may differ in them.
-HARMLESS_ARGUMENTS = frozenset({"workers", "overwrite", "checkpoint_every", "knn_data", "strict", "progress",
+HARMLESS_ARGUMENTS = frozenset({"workers", "cache", "overwrite", "checkpoint_every", "knn_data", "strict", "progress",
                                 "log_every", "device_count"})
 
 # Files a run writes into RUN_DIR; --overwrite deletes these and nothing else.

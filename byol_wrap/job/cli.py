@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hidden size of projector and predictor (default 4096, the paper's)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="processes decoding images (default: the usable CPUs, at most 4)")
+    p.add_argument("--cache", default="auto", metavar="auto|off|DIR",
+                   help="keep a folder's decoded images so later epochs read them back instead of decoding "
+                        "(bit-identical): auto (default) uses RUN_DIR/cache when it needs at most half the free "
+                        "disk; DIR may be shared by runs over the same data")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda when available)")
     p.add_argument("--precision", choices=("32", "bf16", "16"), default=None,
                    help="default: bf16 where the device supports it, 32 on CPU")

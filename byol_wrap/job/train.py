@@ -43,6 +43,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from .data.cache import CachedImages, CacheError, attach_cache, remove_run_cache
 
 EXTRAS_MESSAGE = 'byol-wrap pretrain needs the training extras: pip install "byol-wrap[train]"'
 DIGITS_STEPS = 300          # the built-in default run: ~1-3 minutes on 2 CPU cores
@@ -230,6 +231,7 @@ def pretrain(
     projection_size: int = 256,
     projection_hidden_size: int = 4096,
     workers: Optional[int] = None,
+    cache: Optional[Union[str, os.PathLike]] = "auto",
     device: Optional[str] = None,
     precision: Optional[Union[str, int]] = None,
     checkpoint_every: Optional[int] = None,
@@ -263,6 +265,10 @@ def pretrain(
         projection_size, projection_hidden_size: projector/predictor sizes (the paper's 256 and 4096).
         workers: DataLoader processes decoding images (default: 0 for arrays in memory,
             ``min(8, cpu count)`` for folders).
+        cache: ``"auto"`` (default), ``"off"`` or a folder: keep the decoded images of a folder of image files
+            so that later epochs (and resumed runs) read them back instead of decoding (bit-identical).
+            ``"auto"`` uses ``out/cache/`` when it needs at most half the free disk space; a folder is used
+            whenever it fits and may be shared by runs over the same data (see docs/cache-and-loader.md).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... (default: CUDA when available).
         precision: ``"32"``, ``"bf16"`` or ``"16"`` (default: bf16 where the device supports it, 32 on CPU).
         checkpoint_every: steps between checkpoints (default: a tenth of the run, 50 to 1000).
@@ -293,7 +299,7 @@ def pretrain(
             hidden_layer=hidden_layer, weights=weights, image_size=image_size, batch_size=batch_size, steps=steps,
             epochs=epochs, lr=lr, optimizer=optimizer, predictor_lr_scale=predictor_lr_scale,
             weight_decay=weight_decay, moving_average_decay=moving_average_decay, projection_size=projection_size,
-            projection_hidden_size=projection_hidden_size, workers=workers,
+            projection_hidden_size=projection_hidden_size, workers=workers, cache=cache,
             precision=precision, checkpoint_every=checkpoint_every, log_every=log_every, knn_data=knn_data,
             seed=seed, overwrite=overwrite, strict=strict, progress=progress))
         return run.train()
@@ -545,6 +551,8 @@ class _Run:
         if self.world.main:
             self.log.flush()              # metrics first: on resume, rows beyond the checkpoint are dropped
             self._write_skipped()
+            if isinstance(self.dataset, CachedImages):
+                self.dataset.sync()  # the records decoded so far become durable with the checkpoint
             save_checkpoint(state, self.out)
             from .monitor import plot_training
 
@@ -556,6 +564,33 @@ class _Run:
 
         if self.skipped or (self.out / "skipped.txt").exists():
             atomic_write_text(self.out / "skipped.txt", "".join(f"{path}\t{reason}\n" for path, reason in self.skipped))
+
+    def _attach_cache(self) -> None:
+        """Read a folder's decoded images through the image cache (``--cache``); ``--overwrite`` first removes
+        the run's own cache (never a ``--cache DIR`` elsewhere)."""
+        if self.options["overwrite"] and self.world.main:
+            removed = remove_run_cache(self.out)
+            if removed:
+                self._say(f"cache: removed the run's own cache ({', '.join(p.name for p in removed)})")
+        self.world.barrier()
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world.size))
+        node = int(os.environ.get("GROUP_RANK", self.world.rank // max(1, local))) if local < self.world.size \
+            else None
+        mode = self.options["cache"]
+        if not (mode is None or isinstance(mode, (str, os.PathLike))):
+            raise RunError(f"--cache must be auto, off or a folder, got {mode!r}")
+        try:
+            self.dataset = attach_cache(self.dataset, mode, self.out, leader=self.world.local_rank == 0,
+                                        gather=self.world.gather, node=node, say=self._say_local)
+        except CacheError as error:
+            raise RunError(str(error)) from error
+
+    def _say_local(self, message: str) -> None:
+        """A line from the leader of one machine (the main process's ``_say`` where there is one machine)."""
+        if self.world.local_rank == 0:
+            from tqdm.auto import tqdm
+
+            tqdm.write(message, file=sys.stdout)
 
     # ------------------------------------------------------------------ kNN
     def _knn(self) -> Optional[float]:
@@ -638,6 +673,7 @@ class _Run:
         if self.world.main:
             clean_temporary_files(self.out)
         resumed = self._resume()
+        self._attach_cache()
         self.log = MetricsLog(self.out)
         if self.world.main:
             if resumed:
@@ -741,6 +777,8 @@ class _Run:
             bar.close()
             recorder.remove()
             loader.close()
+            if isinstance(self.dataset, CachedImages):
+                self.dataset.close()
             if self.world.main:
                 self.log.close()
         encoder = self._export()

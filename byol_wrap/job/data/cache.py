@@ -63,6 +63,7 @@ from torch.utils.data import Dataset
 
 from ..io import atomic_write_text, fsync_dir
 from .datasets import ImageFiles, Item
+from .jpeg import jpeg_decoder_version
 from .loader import Batch
 
 FORMAT = "byol-wrap-image-cache"
@@ -121,6 +122,9 @@ def decoder_id() -> str:
                     parts.append(f"{lib} {version}")
     except ImportError:  # pragma: no cover - the job needs Pillow
         pass
+    fast = jpeg_decoder_version()
+    if fast:
+        parts.append(fast)
     return "; ".join(parts)
 
 
@@ -606,10 +610,19 @@ def attach_cache(dataset: Dataset, cache: CacheArg, run_dir: Path, *, leader: bo
     if os.path.isfile(root):
         root = os.path.dirname(root)
     outcome: Optional[ImageCache] = None
+    failure: Optional[str] = None
     if leader:
-        outcome = _prepare(dataset, root, base, explicit, node, say)
+        try:
+            outcome = _prepare(dataset, root, base, explicit, node, say)
+        except CacheError as error:  # raised on every process, after the others heard of it
+            failure = str(error)
     mine = None if outcome is None else [os.fspath(outcome.folder), list(outcome.layout)]
-    decisions = gather([node, leader, mine])
+    decisions = gather([node, leader, mine, failure])
+    failures = [d[3] for d in decisions if d is not None and d[3]]
+    if failures:
+        if outcome is not None:
+            outcome.close()
+        raise CacheError(failures[0])
     if not leader:
         found = [d[2] for d in decisions if d is not None and d[0] == node and d[1]]
         if found and found[0] is not None:

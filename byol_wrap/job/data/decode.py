@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from .geometry import Size, size_pair
+from .jpeg import decode_jpeg_whole
 
 TRAIN_EXTRA = 'pip install "byol-wrap[train]"'
 
@@ -125,6 +126,9 @@ def read_image(path: Union[str, os.PathLike[str]], load_size: Optional[Size]) ->
             raise UnreadableImageError(path_str, "empty file (0 bytes)")
         with Image.open(path_str) as image:
             if size is not None and image.format == "JPEG":
+                whole = decode_jpeg_whole(path_str, image, size)  # simplejpeg: the same pixels, faster
+                if whole is not None:
+                    return _pil_to_tensor(whole, size, Image)
                 image.draft("RGB", (size[1], size[0]))  # decode at a reduced scale, still >= size
             image.load()
             if "exif" in image.info or image.format == "TIFF":  # exif_transpose copies even with no EXIF
