@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep a folder's decoded images so later epochs read them back instead of decoding "
                         "(bit-identical): auto (default) uses RUN_DIR/cache when it needs at most half the free "
                         "disk; DIR may be shared by runs over the same data")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for the training step (default: torch's choice; on a CPU shared with other "
+                        "work, 1 can be several times faster)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda when available)")
     p.add_argument("--precision", choices=("32", "bf16", "16"), default=None,
                    help="default: bf16 where the device supports it, 32 on CPU")
@@ -136,7 +139,7 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from .train import export_run
+    from .export import export_run
 
     path = export_run(args.run_dir, args.out)
     print(f"encoder: {path}")
