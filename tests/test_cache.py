@@ -303,20 +303,20 @@ def test_pretrain_killed_mid_first_epoch_resumes_exactly_as_an_uncached_run(fold
     """Losses of: one uninterrupted run without the cache == a cached run stopped at step 5 (mid first epoch,
     after the step-3 checkpoint, the cache's last records never synced: as after kill -9), then resumed."""
     pytest.importorskip("tqdm")
-    from byol_wrap.job import train
+    from byol_wrap.job import run, train
 
     pretrain = train.pretrain
     reference = _losses(tmp_path / "plain") if pretrain(folder, out=tmp_path / "plain", cache="off", **RUN) else {}
     assert not (tmp_path / "plain" / "cache").exists()
 
-    real_step = train._Run._train_step
+    real_step = run.Run._train_step
 
     def dying_step(self, images):
         if self.step == 5:
             raise KeyboardInterrupt("killed")
         return real_step(self, images)
 
-    monkeypatch.setattr(train._Run, "_train_step", dying_step)
+    monkeypatch.setattr(run.Run, "_train_step", dying_step)
     monkeypatch.setattr(CachedImages, "close", lambda self: os.close(self.cache._lock_fd))  # no sync: a kill
     with pytest.raises(KeyboardInterrupt):
         pretrain(folder, out=tmp_path / "cached", **RUN)

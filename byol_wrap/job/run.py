@@ -35,6 +35,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from .data.cache import CachedImages, CacheError, attach_cache, remove_run_cache
 from .monitor import (
     COLLAPSE_THRESHOLD,
     MetricsLog,
@@ -55,7 +56,6 @@ from .recipe import (
     digits_augmentation,
     resolve_precision,
 )
-from .data.cache import CacheError, CachedImages, attach_cache, remove_run_cache
 from .run_dir import check_writable
 from .world import World
 
