@@ -357,3 +357,19 @@ def test_pretrain_cache_line_overwrite_and_dir_errors(folder, tmp_path, capsys):
     with pytest.raises(RunError, match="cannot write the image cache") as error:
         pretrain(folder, out=tmp_path / "c", cache=blocker / "x", **run)
     assert "\n" not in str(error.value)
+
+
+# ----------------------------------------------------------------------------- benchmarks (smoke)
+@pytest.mark.usefixtures("one_thread")
+def test_loader_and_gpu_benchmarks_run_their_cache_rows(tmp_path, folder):
+    from benchmarks import gpu, loader
+
+    payload = loader.main([str(folder), "--quick", "--out", str(tmp_path / "loader.json")])
+    rows = payload["results"]["32px/0w"]
+    assert all(len(rows[k]) == 1 and rows[k][0] > 0 for k in ("decode", "first", "cached", "memmap")), rows
+    assert "cached / memmap" in payload["table"] and str(folder) in payload["source"]
+    result = gpu.main(["--tiny", "--device", "cpu", "--rows", "jpeg-loader", "cached-loader", "--no-compile",
+                       "--out", str(tmp_path / "gpu.json")])["results"]
+    for key in ("jpeg-loader", "cached-loader"):
+        assert result[key]["images_per_s"] > 0 and 0 <= result[key]["data_wait_share"] <= 1, result[key]
+    assert result["cached-loader"]["cache_fill_s"] is not None

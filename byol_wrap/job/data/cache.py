@@ -13,7 +13,8 @@ record layout and the decoder, so one ``DIR`` may serve several runs and load si
   (its version and Pillow's/libjpeg's: another decoder means another key), and per file ``[path relative to
   the data folder, size, modification time (ns), inode, slot]``; written atomically.
 - ``records.bin``: ``slots x record bytes``, the images in ``(C, H, W)`` order; space reserved up front.
-- ``marks.u8``: one byte per slot: 0 empty, 1 written (not yet known to be on disk), 2 written and fsync'd.
+- ``marks.u8``: one byte per slot: 0 empty, 1 written (not yet known to be on disk), 2 written and fsync'd,
+  3 the file could not be decoded (decoded again, and skipped again, whenever it is met).
 - ``lock``: held (``fcntl.lockf``) by the run using the cache; it holds that run's process id.
 
 Kill safety. A record is written (``pwrite``) before its mark is set, so a process killed mid-write leaves
@@ -70,7 +71,7 @@ FORMAT = "byol-wrap-image-cache"
 VERSION = 1
 INDEX, RECORDS, MARKS, LOCK = "index.json", "records.bin", "marks.u8", "lock"
 CACHE_FILES = (INDEX, RECORDS, MARKS, LOCK)
-EMPTY, WRITTEN, SYNCED = 0, 1, 2
+EMPTY, WRITTEN, SYNCED, FAILED = 0, 1, 2, 3
 AUTO_SHARE = 0.5      # "auto" uses at most this share of the free disk space
 LOCK_WAIT_S = 10.0    # how long to wait for a cache a finishing run still holds
 CacheArg = Union[str, "os.PathLike[str]", None]
@@ -306,7 +307,20 @@ class ImageCache:
     def marked(self, slots: np.ndarray) -> np.ndarray:
         """True where the record of ``slots`` is complete (``slots`` >= 0)."""
         _, _, marks = self._files()
-        return np.asarray(marks[slots] != EMPTY)
+        m = np.asarray(marks[slots])
+        return np.asarray((m == WRITTEN) | (m == SYNCED), dtype=bool)
+
+    def mark_failed(self, slot: int) -> None:
+        """Note that the file of ``slot`` could not be decoded (its item is decoded, and skipped, again)."""
+        _, _, marks = self._files()
+        if marks[slot] == EMPTY:
+            marks[slot] = FAILED
+
+    def complete(self) -> bool:
+        """Whether every file of this run has a record or is known to be unreadable."""
+        used = self.slot_of[self.slot_of >= 0]
+        _, _, marks = self._files()
+        return bool(np.all(np.asarray(marks[used]) != EMPTY))
 
     def read(self, slot: int) -> np.ndarray:
         """The record of ``slot`` (a copy, ``(C, H, W)``)."""
@@ -316,7 +330,8 @@ class ImageCache:
     def read_into(self, slots: np.ndarray, out: np.ndarray) -> None:
         """Copy the records of ``slots`` into ``out`` (``(len(slots), C, H, W)``), in that order."""
         _, records, _ = self._files()
-        np.take(records, slots, axis=0, out=out)
+        for k, slot in enumerate(slots.tolist()):  # one memcpy each: 3-4x faster than np.take on a memmap
+            out[k] = records[slot]
 
     def write(self, slot: int, image: np.ndarray) -> bool:
         """Store ``image`` (``(C, H, W)`` of the layout) in ``slot``: the bytes first, then the mark.
@@ -477,7 +492,9 @@ class CachedImages(Dataset):
     def _decode(self, index: int) -> Item:
         image, i, reason = self.files[index]
         slot = int(self.cache.slot_of[index])
-        if image is not None and slot >= 0 and self._fits(image):
+        if slot >= 0 and image is None:
+            self.cache.mark_failed(slot)
+        elif image is not None and slot >= 0 and self._fits(image):
             self.cache.write(slot, image.contiguous().numpy())
         return image, i, reason
 
@@ -506,8 +523,8 @@ class CachedImages(Dataset):
         keep = np.ones(len(idx), dtype=bool)
         skipped: List[Tuple[str, str]] = []
         out_np = out.numpy()
-        if hit.any():
-            out_np[hit] = np.take(self.cache._files()[1], slots[hit], axis=0)
+        for k in np.flatnonzero(hit):
+            self.cache.read_into(slots[k:k + 1], out_np[k:k + 1])
         for k in np.flatnonzero(~hit):
             image, index, reason = self._decode(int(idx[k]))
             if image is None:
@@ -524,6 +541,11 @@ class CachedImages(Dataset):
 
     def describe(self, index: int) -> str:
         return self.files.describe(index)
+
+    def complete(self) -> bool:
+        """Every item is at hand (a record, or a file known to be unreadable): the loader then reads the
+        batches in a thread of its own process instead of worker processes (see :mod:`.prefetch`)."""
+        return self.cache.complete() and bool(np.all(self.cache.slot_of >= 0))
 
     def sync(self) -> None:
         """See :meth:`ImageCache.sync`."""
