@@ -526,15 +526,20 @@ class CachedImages(Dataset):
         for k in np.flatnonzero(hit):
             self.cache.read_into(slots[k:k + 1], out_np[k:k + 1])
         for k in np.flatnonzero(~hit):
-            image, index, reason = self._decode(int(idx[k]))
+            image, index, reason = self.files[int(idx[k])]
+            slot = int(slots[k])
             if image is None:
                 keep[k] = False
                 skipped.append((self.files.describe(index), str(reason)))
+                if slot >= 0:
+                    self.cache.mark_failed(slot)
             elif not self._fits(image):  # outside the layout (never cached): the batch cannot hold it either
                 raise RuntimeError(f"{self.files.describe(index)} decoded to {tuple(image.shape)} {image.dtype}, "
                                    f"the other images to {layout.shape} {layout.dtype}; a batch needs one shape")
             else:
-                out[k] = image
+                out[k] = image  # the one (C, H, W) copy a collate makes anyway; the record is written from it
+                if slot >= 0:
+                    self.cache.write(slot, out_np[k])
         if not keep.all():
             out = out[torch.from_numpy(keep)]
         return Batch(out, torch.from_numpy(idx[keep]), skipped)
