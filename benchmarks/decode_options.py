@@ -7,6 +7,8 @@ difference from it is reported as mean absolute difference (0-255 units), 99.9th
 Rounds are interleaved (option A, B, C, A, B, C, ...) and the median rate is kept.
 
 Options (those whose package is missing are skipped, said in the output):
+    read_image        byol-wrap's decoder as shipped (Pillow draft where it shrinks, else simplejpeg + Pillow resize)
+    read_image-pillow the same with the simplejpeg path off (Pillow alone: byol-wrap before issue 20)
     pillow-full       Image.open + resize (box = centre crop), bilinear: the reference
     pillow-draft      + Image.draft: libjpeg's DCT scaling to the smallest 1/2, 1/4, 1/8 still >= the load
                       size (byol-wrap's read_image)
@@ -145,7 +147,24 @@ def cv2_decoder() -> Decoder:
     return decode
 
 
+def read_image_decoder(fast: bool) -> Decoder:
+    """byol-wrap's own ``read_image`` (``fast=False``: with its simplejpeg path turned off: Pillow alone)."""
+    from byol_wrap.job.data import decode as decode_module
+
+    real = decode_module.decode_jpeg_whole
+
+    def decode(path: str, s: int) -> np.ndarray:
+        decode_module.decode_jpeg_whole = real if fast else (lambda *args: None)  # type: ignore[assignment]
+        try:
+            return decode_module.read_image(path, s).permute(1, 2, 0).numpy()
+        finally:
+            decode_module.decode_jpeg_whole = real
+    return decode
+
+
 FACTORIES: Dict[str, Callable[[], Decoder]] = {
+    "read_image": lambda: read_image_decoder(True),
+    "read_image-pillow": lambda: read_image_decoder(False),
     "pillow-full": lambda: pillow(False),
     "pillow-draft": lambda: pillow(True),
     "pillow-draft-reduce": lambda: pillow(True, 2.0),

@@ -8,9 +8,9 @@ in this order, with byol-wrap's own ``ImageLoader`` (batches of 64, the run's se
 - ``first``: one epoch through an empty cache: decoded, and each image's bytes written to the cache;
 - ``cached``: epochs read back from the (now full) cache: the loader then reads in a thread of its own
   process (no worker processes: one core, whatever ``workers`` says);
-- ``memmap``: the same records copied out of a ``numpy.memmap`` into a new batch array in the same batch
-  order, in this process, on one core (no DataLoader): what reading the bytes costs at all
-  (``memmap_fancy``: the same with ``records[slots]``, numpy's fancy indexing, for reference).
+- ``memmap``: the same records read out of a ``numpy.memmap`` into a new batch array (``records[slots]``) in
+  the same batch order, in this process, on one core (no DataLoader): what reading the bytes costs at all
+  (``memmap_loop``: the same copied record by record, for reference).
 
 Rounds repeat the whole sequence (interleaved), the median is kept. Rates count images after the first batch of
 each pass (worker start-up excluded). Per worker core = images/s / workers (cached and memmap: one core). Then: how many
@@ -109,9 +109,9 @@ def timed_pass(dataset: Any, workers: int, batch: int, epochs: int, seed: int = 
 
 
 def memmap_pass(records: Path, shape: Sequence[int], slots: np.ndarray, order: List[List[int]],
-                fancy: bool = False) -> Dict[str, float]:
-    """The limit: each batch's records copied out of a numpy memmap into a new array, in this process
-    (``fancy``: with ``records[slots[batch]]``, numpy's fancy indexing, which is slower on this machine)."""
+                fancy: bool = True) -> Dict[str, float]:
+    """The limit: each batch's records read out of a numpy memmap into a new array, in this process, with
+    ``records[slots[batch]]`` (numpy's fancy indexing; ``fancy=False``: a loop copying record by record)."""
     mm = np.memmap(records, dtype=np.uint8, mode="r", shape=tuple(shape))
     images, start = 0, None
     for batch in order:
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                 for workers in args.workers:
                     key = f"{view}px/{workers}w"
                     rows = results.setdefault(key, {"decode": [], "first": [], "cached": [], "memmap": [],
-                                                    "memmap_fancy": []})
+                                                    "memmap_loop": []})
                     files = open_images(str(work / "images"), load)
                     assert isinstance(files, ImageFiles)
                     rows["decode"].append(timed_pass(files, workers, args.batch, 1)["images_per_s"])
@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                     rows["cached"].append(timed_pass(cached, workers, args.batch, args.cached_epochs)["images_per_s"])
                     layout = cached.cache.layout
                     order = epoch_order(len(paths), args.batch, args.cached_epochs)
-                    for name, fancy in (("memmap", False), ("memmap_fancy", True)):
+                    for name, fancy in (("memmap", True), ("memmap_loop", False)):
                         rows[name].append(memmap_pass(cached.cache.folder / RECORDS, (cached.cache.slots,
                                                       *layout.shape), cached.cache.slot_of, order,
                                                       fancy)["images_per_s"])

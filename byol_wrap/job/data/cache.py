@@ -327,10 +327,15 @@ class ImageCache:
         _, records, _ = self._files()
         return np.array(records[slot])
 
+    def read_many(self, slots: np.ndarray) -> np.ndarray:
+        """The records of ``slots``, in that order, as a new array ``(len(slots), C, H, W)``."""
+        _, records, _ = self._files()
+        return np.asarray(records[slots])
+
     def read_into(self, slots: np.ndarray, out: np.ndarray) -> None:
         """Copy the records of ``slots`` into ``out`` (``(len(slots), C, H, W)``), in that order."""
         _, records, _ = self._files()
-        for k, slot in enumerate(slots.tolist()):  # one memcpy each: 3-4x faster than np.take on a memmap
+        for k, slot in enumerate(slots.tolist()):  # one memcpy each (np.take with out= was slower here)
             out[k] = records[slot]
 
     def write(self, slot: int, image: np.ndarray) -> bool:
@@ -516,6 +521,8 @@ class CachedImages(Dataset):
         if hit.any():
             hit[hit] = self.cache.marked(slots[hit])
         layout = self.cache.layout
+        if hit.all() and torch.utils.data.get_worker_info() is None:  # numpy's fancy indexing: the fastest read
+            return Batch(torch.from_numpy(self.cache.read_many(slots)), torch.from_numpy(idx), [])
         out = _batch_tensor((len(idx), *layout.shape), getattr(torch, layout.dtype))
         if hit.all():
             self.cache.read_into(slots, out.numpy())
