@@ -12,7 +12,8 @@ in this order, with byol-wrap's own ``ImageLoader`` (batches of 64, the run's se
   the same batch order, in this process, on one core (no DataLoader): what reading the bytes costs at all
   (``memmap_loop``: the same copied record by record, for reference).
 
-Rounds repeat the whole sequence (interleaved), the median is kept. Rates count images after the first batch of
+Rounds repeat the whole sequence (interleaved); the rates are medians over rounds, the ratios medians of each
+round's ratio (its two passes ran back to back). Rates count images after the first batch of
 each pass (worker start-up excluded). Per worker core = images/s / workers (cached and memmap: one core). Then: how many
 cores each path needs for 2,000 and 10,000 images/s (an H100 on a ResNet-50 needs about 1,400-1,900).
 
@@ -191,8 +192,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def summarise(payload: Dict[str, Any]) -> str:
-    lines = ["| view (load) | workers | decode /core | first epoch + write /core | cached /core | memmap (1 core) | "
-             "cached / decode | cached / memmap | first-epoch time / decode |",
+    lines = ["| view (load) | workers | decode /core | first epoch + write /core | cached (1 core) | memmap (1 core) | "
+             "cached / decode per core | cached / memmap | first-epoch time / decode |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     cores: Dict[str, Dict[str, float]] = {}
     for key, rows in payload["results"].items():
@@ -201,9 +202,14 @@ def summarise(payload: Dict[str, Any]) -> str:
         med = {k: statistics.median(v) for k, v in rows.items()}
         per = {k: (v if k.startswith("memmap") or k == "cached" else v / workers) for k, v in med.items()}
         load = default_load_size(int(view.rstrip("px")))
+
+        def paired(a: str, b: str, scale: float = 1.0, rows: Dict[str, List[float]] = rows) -> float:
+            """The median over rounds of a/b, each round's pair measured back to back."""
+            return statistics.median(scale * x / y for x, y in zip(rows[a], rows[b]))
+
         lines.append(f"| {view} ({load}) | {workers_text.rstrip('w')} | {per['decode']:.0f} | {per['first']:.0f} | "
-                     f"{per['cached']:.0f} | {per['memmap']:.0f} | {per['cached'] / per['decode']:.1f}x | "
-                     f"{per['cached'] / per['memmap']:.2f} | {med['decode'] / med['first']:.3f}x |")
+                     f"{per['cached']:.0f} | {per['memmap']:.0f} | {paired('cached', 'decode', workers):.0f}x | "
+                     f"{paired('cached', 'memmap'):.2f} | {paired('decode', 'first'):.3f}x |")
         if workers_text == "1w" or workers_text == "0w":
             cores[view] = per
     lines += ["", "Cores needed (from the 1-worker rates per core):", "",
@@ -211,7 +217,7 @@ def summarise(payload: Dict[str, Any]) -> str:
               "| --- | --- | " + " | ".join("---" for _ in TARGETS) + " |"]
     for view, per in cores.items():
         for path in ("decode", "cached", "memmap"):
-            lines.append(f"| {view} | {path} | " + " | ".join(f"{t / per[path]:.1f}" for t in TARGETS) + " |")
+            lines.append(f"| {view} | {path} | " + " | ".join(f"{t / per[path]:.2g}" for t in TARGETS) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -227,7 +233,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--cached-epochs", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="smoke test: 40 images, 32 px view, workers 0, 1 round")
     parser.add_argument("--out", type=Path, default=RESULTS / "loader.json")
+    parser.add_argument("--from-json", type=Path, default=None, help="only redo the tables of a saved run")
     args = parser.parse_args(argv)
+    if args.from_json is not None:
+        payload = json.loads(args.from_json.read_text())
+        payload["table"] = summarise(payload)
+        print(payload["table"])
+        args.from_json.write_text(json.dumps(payload, indent=2) + "\n")
+        args.from_json.with_suffix(".md").write_text(
+            f"# Loader benchmark\n\nCommand: `{payload['command']}`\n\nMachine: {payload['machine']}\n\n"
+            f"Images: {payload['images']} from {payload['source']}\n\n{payload['table']}")
+        return payload
     if args.quick:
         args.images, args.views, args.workers, args.batch, args.rounds, args.cached_epochs = 40, [32], [0], 8, 1, 2
     payload = run(args)
