@@ -18,17 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from byol_wrap.job.data import ImageFiles, make_loader, open_images, read_image
+from byol_wrap.job.data import ImageFiles, cache_store, make_loader, open_images, read_image
 from byol_wrap.job.data import cache as cache_module
-from byol_wrap.job.data.cache import (
-    MARKS,
-    RECORDS,
-    CachedImages,
-    CacheError,
-    ImageCache,
-    attach_cache,
-    remove_run_cache,
-)
+from byol_wrap.job.data.cache import CachedImages, CacheError, ImageCache, attach_cache, remove_run_cache
+from byol_wrap.job.data.cache_store import MARKS, RECORDS
 
 PIL = pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402
@@ -243,7 +236,7 @@ def test_a_cache_in_use_by_another_run_is_left_alone(folder, tmp_path, monkeypat
     holder = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and "held" in holder.stdout.readline()
-        monkeypatch.setattr(cache_module, "LOCK_WAIT_S", 0.3)
+        monkeypatch.setattr(cache_store, "LOCK_WAIT_S", 0.3)
         plain, said = _open(folder, tmp_path / "run")
         assert isinstance(plain, ImageFiles) and "in use by another run (process 4242)" in said[0], said
     finally:
@@ -275,7 +268,7 @@ def test_index_layout_is_generic_in_dtype_and_channels(tmp_path):
     for i in range(3):
         (data / f"{i}.bin").write_bytes(bytes([i]))
         paths.append(str(data / f"{i}.bin"))
-    layout = cache_module.CacheLayout(5, 3, 4, "uint16")
+    layout = cache_store.CacheLayout(5, 3, 4, "uint16")
     cache, report = ImageCache.open(tmp_path / "c", paths, str(data), layout, (3, 4))
     values = [np.random.default_rng(i).integers(0, 65536, (5, 3, 4)).astype(np.uint16) for i in range(3)]
     for i, v in enumerate(values):

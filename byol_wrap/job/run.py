@@ -35,7 +35,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .data.cache import CachedImages, CacheError, attach_cache, remove_run_cache
+from .data.cache import CachedImages, attach_run_cache
 from .monitor import (
     COLLAPSE_THRESHOLD,
     MetricsLog,
@@ -317,31 +317,9 @@ class Run:
         return resumed
 
     def _attach_cache(self) -> None:
-        """Read a folder's decoded images through the image cache (``--cache``); ``--overwrite`` first removes
-        the run's own cache in ``RUN_DIR/cache`` (never a ``--cache DIR`` elsewhere)."""
-        mode = self.options["cache"]
-        if not (mode is None or isinstance(mode, (str, os.PathLike))):
-            raise RunError(f"--cache must be auto, off or a folder, got {mode!r}")
-        if self.options["overwrite"] and self.world.main:
-            removed = remove_run_cache(self.out)
-            if removed:
-                self._say(f"cache: removed the run's own cache ({', '.join(p.name for p in removed)})")
-        self.world.barrier()
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world.size))
-        node = (int(os.environ.get("GROUP_RANK", self.world.rank // max(1, local))) if local < self.world.size
-                else None)  # several machines: one cache each
-        try:
-            self.dataset = attach_cache(self.dataset, mode, self.out, leader=self.world.local_rank == 0,
-                                        gather=self.world.gather, node=node, say=self._say_local)
-        except CacheError as error:
-            raise RunError(str(error)) from error
-
-    def _say_local(self, message: str) -> None:
-        """A line from the first process of each machine (the main process's, on one machine)."""
-        if self.world.local_rank == 0:
-            from tqdm.auto import tqdm
-
-            tqdm.write(message, file=sys.stdout)
+        """Read a folder's decoded images through the image cache (``--cache``; docs/cache-and-loader.md)."""
+        self.dataset = attach_run_cache(self.dataset, self.options["cache"], self.out, self.world,
+                                        bool(self.options["overwrite"]), say=self._say)
 
     def _batches(self, loader: Any, window: _Window) -> Iterator[Tensor]:
         """The training batches from the current position on, epoch after epoch, until the last step."""
