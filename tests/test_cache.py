@@ -366,3 +366,27 @@ def test_loader_and_gpu_benchmarks_run_their_cache_rows(tmp_path, folder):
     for key in ("jpeg-loader", "cached-loader"):
         assert result[key]["images_per_s"] > 0 and 0 <= result[key]["data_wait_share"] <= 1, result[key]
     assert result["cached-loader"]["cache_fill_s"] is not None
+
+
+def test_torchrun_two_processes_share_one_cache_and_match_an_uncached_run(folder, tmp_path):
+    """``torchrun --nproc_per_node=2`` (gloo, CPU): rank 0 prepares the cache, both ranks write the records of
+    their shards and read every record; 3 epochs give the losses of the same command with ``--cache off``."""
+    pytest.importorskip("tqdm")
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+    def run(out: Path, *extra: str) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                "byol_wrap", "pretrain", str(folder), "--out", str(out), "--image-size", "16", "--batch-size", "2",
+                "--steps", "6", "--log-every", "1", "--projection-size", "32", "--projection-hidden-size", "64",
+                "--workers", "0", "--no-progress", *extra]
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done
+
+    cached = run(tmp_path / "cached")
+    assert cached.stdout.count("cache: ") == 1 and "new: the first epoch decodes" in cached.stdout, cached.stdout
+    run(tmp_path / "plain", "--cache", "off")
+    assert _losses(tmp_path / "cached") == _losses(tmp_path / "plain") and len(_losses(tmp_path / "plain")) == 6
+    again = attach_cache(open_images(folder, 18), "auto", tmp_path / "cached", say=lambda line: None)
+    assert again.cache.filled() == len(again) - 1  # both ranks' records, the broken file never
