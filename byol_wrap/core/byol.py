@@ -17,19 +17,17 @@ from .augment import (
     default_augmentations,
     to_float_images,
 )
-from .batchnorm import ViewBatching, per_view_batchnorm, resolve_view_batching
+from .batchnorm import ViewBatching, per_view_batchnorm, resolve_view_batching, unsplittable_layers
 from .checks import (
     ImageRangeWarning,
     NonFiniteError,
-    all_finite,
     check_input_batch,
     check_loss,
-    nonfinite_names,
+    check_online_weights,
     range_message,
     restore_batchnorm_on_error,
-    shorten,
 )
-from .ema import PAPER_MOVING_AVERAGE_DECAY, cosine_tau, ema_update_
+from .ema import PAPER_MOVING_AVERAGE_DECAY, UpdateCalls, cosine_tau, ema_update_
 from .heads import MLP, resolve_sync_batchnorm
 from .hooks import AmbiguousOutputError, HiddenLayerNotRunError, LayerSpec, RepresentationExtractor, resolve_layer
 from .loss import symmetric_byol_loss
@@ -51,35 +49,33 @@ NormalizeOption = Union[Normalization, str]
 
 
 def default_augmentations_error(input_shape: Sequence[int]) -> str:
-    """The message for inputs the default (RGB image) augmentations cannot handle."""
+    """The message for inputs that are not ``(channels, height, width)`` images, which the default
+    augmentations cannot handle (images with any number of channels they can)."""
     shape = tuple(input_shape)
-    if len(shape) != 3:
-        what = (f"inputs of shape {shape} are not (channels, height, width) images, so the default image "
-                f"augmentations cannot apply")
-        example = "e.g. random crops, scaling, jitter or added noise for 1-D signals"
-    else:
-        what = (f"the default augmentations are the paper's colour augmentations for 3-channel RGB images, "
-                f"but the net takes {shape[0]}-channel images {shape}")
-        example = (f"e.g. nn.Sequential(K.RandomResizedCrop({tuple(shape[1:])}), K.RandomHorizontalFlip()) with "
-                   f"kornia.augmentation as K, and normalize=(mean, std) with one value per channel")
-    return (f"{what}. Pass augment_fn (and optionally augment_fn2 for the second view): callables that take a "
-            f"batch (N, {', '.join(map(str, shape))}) and return a randomly augmented batch, {example}.")
+    return (f"inputs of shape {shape} are not (channels, height, width) images, so the default image "
+            f"augmentations cannot apply. Pass augment_fn (and optionally augment_fn2 for the second view): "
+            f"callables that take a batch (N, {', '.join(map(str, shape))}) and return a randomly augmented batch, "
+            f"e.g. random crops, scaling, jitter or added noise for 1-D signals.")
 
 
 def resolve_normalize(normalize: NormalizeOption, default_augmentations: bool, channels: int) -> Normalization:
     """The statistics ``BYOL`` normalises with, or ``None``.
 
-    ``"auto"`` means ImageNet statistics with the default augmentations and none with your
-    own ``augment_fn``; explicit statistics must have 1 or ``channels`` values each.
+    ``"auto"`` means ImageNet statistics with the default augmentations of 3-channel (RGB)
+    images, and none otherwise: with your own ``augment_fn``, and for any other channel count
+    (ImageNet's statistics describe RGB photographs; pass your data's per-channel
+    ``(mean, std)`` instead). Explicit statistics must have 1 or ``channels`` values each.
 
     Example:
         >>> resolve_normalize("auto", default_augmentations=False, channels=4) is None
+        True
+        >>> resolve_normalize("auto", default_augmentations=True, channels=1) is None
         True
     """
     if isinstance(normalize, str):
         if normalize != "auto":
             raise ValueError(f"normalize must be 'auto', None or a pair (mean, std), got {normalize!r}")
-        return (IMAGENET_MEAN, IMAGENET_STD) if default_augmentations else None
+        return (IMAGENET_MEAN, IMAGENET_STD) if default_augmentations and channels == 3 else None
     check_normalization(normalize, channels)
     return normalize
 
@@ -149,11 +145,12 @@ class BYOL(nn.Module):
         projection_size: output size of projector and predictor (256 in the paper).
         projection_hidden_size: hidden size of both MLPs (4096 in the paper).
         augment_fn: replaces T, the first view's augmentation (any callable on a batch).
-            Given alone, it is used for both views.
+            Given alone, it is used for both views. Default: the paper's T for 3 channels, else
+            ``byol_augmentation(image_size, 1, channels=C)`` (docs/domain-imagery.md).
         augment_fn2: replaces T', the second view's augmentation.
         moving_average_decay: the EMA decay, the paper's ``tau_base`` (0.996).
-        total_steps: number of :meth:`update_moving_average` calls in the run; when given,
-            tau follows the paper's cosine schedule from ``moving_average_decay`` to 1.
+        total_steps: number of :meth:`update_moving_average` calls in the run; when given, tau follows
+            the paper's cosine schedule from ``moving_average_decay`` to 1, then stays exactly 1.0.
         use_momentum: ``False`` gives the SimSiam variant (target = online under
             stop-gradient, no EMA).
         sync_batchnorm: ``nn.SyncBatchNorm`` in projector and predictor; ``None``: when
@@ -162,7 +159,8 @@ class BYOL(nn.Module):
         normalize: ``(mean, std)`` (one value per input channel, or one for all),
             ``None``, or ``"auto"``. It runs after whichever augmentation runs and on
             embedding inputs; ``"auto"`` (the default) means ImageNet statistics with the
-            default augmentations and none with your own ``augment_fn``.
+            default augmentations of 3-channel images, and none with your own ``augment_fn``
+            or with other channel counts (pass your data's per-channel statistics there).
         token_pool: pooling of 3-D outputs: ``"cls"``, ``"mean"`` (over tokens),
             ``"spatial"`` (``(N, C, L)`` maps) or ``"auto"`` (class token if the net has one).
         pool_fn: a callable replacing the default pooling of the hidden layer's output.
@@ -171,11 +169,12 @@ class BYOL(nn.Module):
         view_batching: how the two views go through the networks. ``"one_pass"``: as one
             batch, each BatchNorm layer normalising each view with its own statistics (the
             paper's per-view passes, same loss, gradients and running statistics, computed in
-            one pass; see :func:`byol_wrap.core.batchnorm.per_view_batchnorm`). ``"per_view"``: one
+            one pass, thread-safe; see :func:`byol_wrap.core.batchnorm.per_view_batchnorm`; a
+            ``SyncBatchNorm`` syncing across processes gets a forward per view). ``"per_view"``: one
             forward per view. ``"concat"``: one batch whose BatchNorm statistics mix the views
             (byol-pytorch's behaviour). ``"auto"`` (default): the faster of the first two
             as measured on a CPU, ``"one_pass"`` up to 48 x 48 pixels per view, else
-            ``"per_view"`` (also when ``hidden_layer`` lies inside a BatchNorm module).
+            ``"per_view"``.
         concat_views: deprecated; ``True`` is ``view_batching="concat"``.
         input_shape: per-sample input shape for the probe when ``image_size`` does not
             describe it, e.g. ``(channels, length)`` for a 1-D signal encoder.
@@ -251,6 +250,7 @@ class BYOL(nn.Module):
         self.view_batching = resolve_view_batching(view_batching, concat_views, net, self.extractor.layer,
                                                    self.input_shape)
         self.ema_step = 0
+        self._ema_calls = UpdateCalls()
         self._set_augmentations(augment_fn, augment_fn2, normalize)
         device, dtype = module_device_dtype(net)
         self.representation_size, unused = self._probe(device, dtype, image_size)
@@ -267,9 +267,9 @@ class BYOL(nn.Module):
         """T and T' (the paper's unless given) and the normalisation that follows whichever runs."""
         self.uses_default_augmentations = augment_fn is None and augment_fn2 is None
         if self.uses_default_augmentations:
-            if len(self.input_shape) != 3 or self.input_shape[0] != 3:
+            if len(self.input_shape) != 3:
                 raise ValueError(default_augmentations_error(self.input_shape))
-            augment_fn, augment_fn2 = default_augmentations(self.input_shape[1:])
+            augment_fn, augment_fn2 = default_augmentations(self.input_shape[1:], channels=self.input_shape[0])
         self.augment1: Augment = augment_fn  # type: ignore[assignment]
         self.augment2: Augment = augment_fn2 if augment_fn2 is not None else augment_fn  # type: ignore[assignment]
         stats = resolve_normalize(normalize, self.uses_default_augmentations, self.input_shape[0])
@@ -397,7 +397,13 @@ class BYOL(nn.Module):
             )
         if not augmented or self.uses_default_augmentations:
             expected = self.input_shape
-            if x.ndim != len(expected) + 1 or x.shape[1] != expected[0]:
+            if x.ndim == len(expected) + 1 and x.shape[1] != expected[0]:
+                raise ValueError(
+                    f"the net takes {expected[0]}-channel inputs (N, {', '.join(map(str, expected))}) but the batch "
+                    f"has {x.shape[1]} channels, shape {tuple(x.shape)}; pass {expected[0]}-channel images (the "
+                    f"default augmentations are built for the net's first convolution, or input_shape)"
+                )
+            if x.ndim != len(expected) + 1:
                 raise ValueError(
                     f"expected input of shape (N, {', '.join(map(str, expected))}) "
                     f"(N, C{', H, W' if len(expected) == 3 else ', ...'}"
@@ -426,10 +432,11 @@ class BYOL(nn.Module):
                 )
 
     def _check_values(self, x: Tensor) -> None:
-        """NaN/inf raise; float images far outside [0, 1] warn once (default augmentations)."""
+        """NaN/inf raise; float images far outside [0, 1] warn once (default augmentations: for RGB
+        always, for other channel counts, which work at any scale, when nothing normalises them)."""
         lo, hi = check_input_batch(x)
         if self.uses_default_augmentations and not self._range_warned:
-            message = range_message(lo, hi)
+            message = range_message(lo, hi, self.input_shape[0], normalized=self.normalizer is not None)
             if message is not None:
                 self._range_warned = True
                 warnings.warn(message, ImageRangeWarning, stacklevel=4)
@@ -460,7 +467,8 @@ class BYOL(nn.Module):
         """The symmetric BYOL loss of a batch, or its online embedding.
 
         Args:
-            x: images ``(N, C, H, W)``, float in [0, 1] or uint8 in [0, 255].
+            x: images ``(N, C, H, W)``, uint8 in [0, 255] or float: in [0, 1] for 3-channel
+                images with the default augmentations, at any scale for other channel counts.
             return_embedding: return ``(projection, representation)`` of the online
                 network for ``x`` without augmentation (normalised like the default views).
             return_projection: with ``return_embedding``, ``False`` returns the
@@ -470,6 +478,7 @@ class BYOL(nn.Module):
         if return_embedding:
             projection, representation = self._online(self._to_net_input(self._normalize(x)))
             return (projection, representation) if return_projection else representation
+        self._ema_calls.forward()
         if not self.check_finite:
             return self._loss(x)
         with restore_batchnorm_on_error(self):
@@ -484,7 +493,7 @@ class BYOL(nn.Module):
             self._check_views(view1, view2)
         view1 = self._to_net_input(self._normalize(view1))
         view2 = self._to_net_input(self._normalize(view2))
-        if self.view_batching != "per_view" and view1.shape == view2.shape:
+        if self.view_batching != "per_view" and view1.shape == view2.shape and not self._needs_separate_passes():
             return self._loss_concatenated(view1, view2)
         projection1, _ = self._online(view1)
         projection2, _ = self._online(view2)
@@ -494,13 +503,19 @@ class BYOL(nn.Module):
             z1, z2 = projection1.detach(), projection2.detach()
         return symmetric_byol_loss(self.predictor(projection1), self.predictor(projection2), z1, z2)
 
+    def _networks(self) -> List[nn.Module]:
+        networks = (self.net, self.projector, self.predictor, self.target_net, self.target_projector)
+        return [m for m in networks if m is not None]
+
+    def _needs_separate_passes(self) -> bool:
+        """A SyncBatchNorm synchronising across processes cannot be split: one forward per view instead."""
+        return self.view_batching == "one_pass" and bool(unsplittable_layers(*self._networks()))
+
     def _loss_concatenated(self, view1: Tensor, view2: Tensor) -> Tensor:
         """The loss with both views in one batch; BatchNorm statistics per view with ``"one_pass"``."""
         views = torch.cat((view1, view2))
         num_views = 2 if self.view_batching == "one_pass" else 1  # 1: statistics over both views ("concat")
-        networks = [m for m in (self.net, self.projector, self.predictor, self.target_net, self.target_projector)
-                    if m is not None]
-        with per_view_batchnorm(*networks, num_views=num_views):
+        with per_view_batchnorm(*self._networks(), num_views=num_views):
             projection, _ = self._online(views)
             q1, q2 = self.predictor(projection).chunk(2)
             z = self._target(views) if self.use_momentum else projection.detach()
@@ -532,7 +547,8 @@ class BYOL(nn.Module):
     def update_moving_average(self) -> float:
         """Move the target towards the online network: ``xi <- tau xi + (1 - tau) theta``.
 
-        Call once per optimizer step. Returns the tau that was used.
+        Call once per optimizer step (an extra call warns once, :class:`~byol_wrap.core.ema.UpdateCalls`).
+        Returns the tau that was used; past ``total_steps`` it is 1.0 (the target stops).
 
         Raises:
             RuntimeError: with ``use_momentum=False`` (there is no separate target).
@@ -544,16 +560,11 @@ class BYOL(nn.Module):
                 "update_moving_average() has nothing to do with use_momentum=False: the target is the online "
                 "network under stop-gradient. Remove the call, or construct BYOL with use_momentum=True."
             )
+        self._ema_calls.update_called(self.ema_step)
         tau = self.tau
         online = self.online_parameters()
-        if self.check_finite and not all_finite(online):
-            named = [(f"net.{n}", p) for n, p in self.net.named_parameters()]
-            named += [(f"projector.{n}", p) for n, p in self.projector.named_parameters()]
-            raise NonFiniteError(
-                f"update_moving_average() refused: these online parameters are non-finite: "
-                f"{shorten(nonfinite_names(named))}; the target was left unchanged. The optimizer diverged: lower "
-                f"the learning rate, clip gradients, or restore the last good checkpoint."
-            )
+        if self.check_finite:
+            check_online_weights(online, {"net": self.net, "projector": self.projector})
         ema_update_(self.target_parameters(), online, tau)
         self.ema_step += 1
         return tau
