@@ -304,7 +304,12 @@ class ImageCache:
         written = np.flatnonzero(np.asarray(marks) == WRITTEN)  # snapshot before the fsync: all of these are
         if written.size == 0:                                   # already in the page cache
             return
-        os.fsync(fd)
+        try:
+            os.fsync(fd)
+        except OSError as error:  # the records stay marked 1: the next run decodes them again; training goes on
+            print(f"byol-wrap: cannot sync the image cache {self.folder / RECORDS} ({error.strerror or error}); "
+                  f"its newest records will be decoded again by the next run", file=sys.stderr, flush=True)
+            return
         marks[written] = SYNCED
         marks.flush()
 
