@@ -21,24 +21,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
 from ..core.rng import get_rng_state, set_rng_state  # noqa: F401 - the RNG part of last.pt, re-exported for train.py
+from .fingerprint import compare_fingerprints
+from .run_dir import RUN_FILES, delete_run_files, foreign_run_files, remove_own_temporary_files  # noqa: F401
 
 FORMAT = "byol-wrap-run"
 VERSION = 1
 CHECKPOINT = Path("checkpoints") / "last.pt"
 
 # Arguments that change neither the losses nor the weights of a run: a resumed command may differ in them.
-HARMLESS_ARGUMENTS = frozenset({"workers", "overwrite", "checkpoint_every", "knn_data", "strict", "progress",
-                                "log_every", "device_count"})
-
-# Files a run writes into RUN_DIR; --overwrite deletes these and nothing else.
-RUN_FILES = ("checkpoints/last.pt", "encoder.pt", "metrics.jsonl", "skipped.txt", "plots/training.png",
-             "plots/augmentations.png")
-
+HARMLESS_ARGUMENTS = frozenset({"workers", "overwrite", "checkpoint_every", "checkpoint_minutes", "knn_data", "strict",
+                                "progress", "log_every", "device_count", "allow_data_change", "length"})
 
 class RunError(ValueError):
     """A run cannot start or continue because of its input or RUN_DIR; the message says what to do.
@@ -95,7 +92,7 @@ def _crash_inside_write(path: Path, state: Dict[str, Any]) -> None:  # pragma: n
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
-    with open(path.parent / f".{path.name}.crash.tmp", "wb") as handle:
+    with open(path.parent / f".{path.name}.crash_9_.tmp", "wb") as handle:  # the name atomic_write's would have
         handle.write(data[: len(data) // 2])
         handle.flush()
         os.fsync(handle.fileno())
@@ -152,12 +149,17 @@ def compare_arguments(saved: Dict[str, Any], current: Dict[str, Any]) -> List[st
     return differences
 
 
-def resume_state(run_dir: os.PathLike, arguments: Dict[str, Any], overwrite: bool) -> Optional[Dict[str, Any]]:
+def resume_state(run_dir: os.PathLike, arguments: Dict[str, Any], overwrite: bool,
+                 fingerprint: Optional[Dict[str, Any]] = None, allow_data_change: bool = False,
+                 warn: Optional[Callable[[str], None]] = None) -> Optional[Dict[str, Any]]:
     """The checkpoint to continue from, or ``None`` for a fresh run.
 
+    - ``overwrite``: the run's own files are deleted (:func:`byol_wrap.job.run_dir.delete_run_files`), ``None``;
     - no ``last.pt``: ``None`` (a run killed before its first checkpoint starts again), unless an
-      ``encoder.pt`` is there (:class:`RunError`: it would be replaced);
-    - ``overwrite``: the run's own files are deleted (:data:`RUN_FILES`, TensorBoard events), ``None``;
+      ``encoder.pt``, or run files of something else (:func:`~byol_wrap.job.run_dir.foreign_run_files`),
+      are there (:class:`RunError`: they would be replaced);
+    - data that changed since the run started (``fingerprint``, see :mod:`byol_wrap.job.fingerprint`):
+      :class:`RunError` saying what changed, unless ``allow_data_change`` (then ``warn`` says it);
     - a finished run, or one with other arguments: :class:`RunError` saying what differs;
     - else the checkpoint.
 
@@ -176,16 +178,37 @@ def resume_state(run_dir: os.PathLike, arguments: Dict[str, Any], overwrite: boo
                 f"{run_dir} holds {encoder.name} but no checkpoint ({path}); a new run would replace that encoder: "
                 f"add --overwrite to start afresh, or choose another --out"
             )
+        foreign = foreign_run_files(run_dir)
+        if foreign:
+            raise RunError(
+                f"{run_dir} holds {', '.join(foreign)} but no byol-wrap run (no checkpoint); a new run would replace "
+                f"them: add --overwrite to replace them, or choose another --out"
+            )
         return None
     state = load_checkpoint(path)
-    differences = compare_arguments(state.get("arguments", {}), arguments)
+    change = compare_fingerprints(state.get("data_fingerprint"), fingerprint)
+    if change and not allow_data_change:
+        raise RunError(
+            f"the data changed since the run in {run_dir} started: {change.describe()}; resumed, it would train on "
+            f"other data than the run did and its losses would no longer match an uninterrupted run's: add "
+            f"--allow-data-change to continue on the data as it is now, or --overwrite to start afresh"
+        )
+    saved = state.get("arguments", {})
+    differences = compare_arguments(saved, arguments)
     if differences:
-        status = (f"a finished run ({state['step']} steps)" if state.get("finished")
-                  else "an unfinished run; run its own command to resume it")
+        differences = [_with_length(d, saved, arguments) for d in differences]
+        if state.get("finished"):
+            status = f"a finished run ({state['step']} steps)"
+        else:
+            given = f" ({saved['length']})" if saved.get("length") else ""
+            status = f"an unfinished run: resume it with the arguments it was started with{given}"
         raise RunError(
             f"{run_dir} holds a run started with other arguments ({'; '.join(differences)}), {status}; "
             f"add --overwrite to start afresh, or choose another --out"
         )
+    if change and warn is not None:
+        warn(f"the data changed since the run started ({change.counts()}); continuing on the data as it is now "
+             f"(--allow-data-change): the losses will no longer match an uninterrupted run's")
     if state.get("finished"):
         encoder = Path(run_dir) / "encoder.pt"
         where = (f"encoder: {encoder}" if encoder.exists()
@@ -197,31 +220,14 @@ def resume_state(run_dir: os.PathLike, arguments: Dict[str, Any], overwrite: boo
     return state
 
 
-def delete_run_files(run_dir: os.PathLike) -> List[Path]:
-    """Delete the files a run wrote into ``run_dir`` (and nothing else); returns them.
-
-    Example:
-        >>> delete_run_files("/nonexistent/run")
-        []
-    """
-    run_dir = Path(run_dir)
-    deleted = []
-    candidates = [run_dir / name for name in RUN_FILES]
-    for folder, pattern in (("checkpoints", ".last.pt*"), ("checkpoints", "last.pt.*tmp*"),
-                            ("tensorboard", "events.out.tfevents.*"), (".", ".*.tmp"), ("plots", ".*.tmp")):
-        if (run_dir / folder).is_dir():
-            candidates += sorted((run_dir / folder).glob(pattern))
-    for path in candidates:
-        if path.is_file():
-            path.unlink()
-            deleted.append(path)
-    return deleted
+def _with_length(difference: str, saved: Dict[str, Any], current: Dict[str, Any]) -> str:
+    """``total_steps: 100 in the saved run, 75 now`` -> ``... (--steps 100) ... (--epochs 5)``: the flags given."""
+    if not difference.startswith("total_steps:") or not saved.get("length") or not current.get("length"):
+        return difference
+    return (f"total_steps: {saved.get('total_steps')} in the saved run ({saved['length']}), "
+            f"{current.get('total_steps')} now ({current['length']})")
 
 
 def clean_temporary_files(run_dir: os.PathLike) -> None:
-    """Remove temporary files a killed run left in ``checkpoints/`` (a write interrupted by kill -9)."""
-    folder = Path(run_dir) / "checkpoints"
-    if folder.is_dir():
-        for path in folder.iterdir():
-            if path.name != "last.pt" and path.name.startswith((".last.pt", "last.pt.")) and path.is_file():
-                path.unlink()
+    """Remove the temporary files a killed run's writes left in RUN_DIR (and no file of the user's)."""
+    remove_own_temporary_files(run_dir)

@@ -47,7 +47,7 @@ class RunDirLocked(ValueError):
         self.host = host
 
 
-def lock_holder(run_dir: Union[str, "os.PathLike[str]"]) -> Tuple[Optional[int], Optional[str]]:
+def lock_holder(run_dir: Union[str, os.PathLike[str]]) -> Tuple[Optional[int], Optional[str]]:
     """``(pid, host)`` written in RUN_DIR's lock file by its holder (``(None, None)`` when unknown).
 
     The file is read as text and only parsed as two fields: nothing in it runs or decides anything.
@@ -113,7 +113,7 @@ class RunLock:
         False
     """
 
-    def __init__(self, run_dir: Union[str, "os.PathLike[str]"]) -> None:
+    def __init__(self, run_dir: Union[str, os.PathLike[str]]) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
         self._fd: Optional[int] = None
@@ -122,7 +122,7 @@ class RunLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         if self._fd is not None:
             return self
         for _ in range(100):  # retried only when the holder removed the file between our open and lock
@@ -167,7 +167,7 @@ class RunLock:
         finally:
             os.close(fd)
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc: Any) -> None:

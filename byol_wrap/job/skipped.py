@@ -99,7 +99,7 @@ class SkipReport:
     def text(self) -> str:
         return "".join(f"{path}\t{reason}\n" for path, reason in self._items)
 
-    def write(self, path: "os.PathLike[str] | str", force: bool = False) -> bool:
+    def write(self, path: os.PathLike[str] | str, force: bool = False) -> bool:
         """Rewrite ``skipped.txt`` atomically when something was added since the last write (or ``force``);
         returns whether it wrote. Nothing is written while no file was ever skipped and none exists."""
         from .io import atomic_write_text
