@@ -29,7 +29,7 @@ from byol_wrap.job.io import FileWriteError, atomic_save, atomic_write_text  # n
 from byol_wrap.job.lock import LOCK_NAME, RunDirLocked, RunLock  # noqa: E402
 from byol_wrap.job.models import build_model, small_cnn  # noqa: E402
 from byol_wrap.job.rebuild import UntrustedSpecError, is_builtin_spec  # noqa: E402
-from byol_wrap.job.run_dir import delete_run_files, own_temporary_files  # noqa: E402
+from byol_wrap.job.run_files import delete_run_files, own_temporary_files  # noqa: E402
 from byol_wrap.job.skipped import SkipReport  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -338,7 +338,7 @@ def test_a_fresh_run_refuses_a_folder_holding_run_files_of_something_else(foreig
 
 
 def test_a_run_killed_before_its_first_checkpoint_starts_again_and_says_so(capsys, images, tmp_path):
-    from byol_wrap.job.run_dir import claim
+    from byol_wrap.job.run_files import claim
 
     out = tmp_path / "run"
     out.mkdir()

@@ -25,17 +25,18 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from ..core.rng import get_rng_state, set_rng_state  # noqa: F401 - the RNG part of last.pt, re-exported for train.py
+from ..core.rng import get_rng_state, set_rng_state  # noqa: F401 - the RNG part of last.pt, re-exported for the run
 from .fingerprint import compare_fingerprints
-from .run_dir import RUN_FILES, delete_run_files, foreign_run_files, remove_own_temporary_files  # noqa: F401
+from .run_files import RUN_FILES, delete_run_files, foreign_run_files, remove_own_temporary_files  # noqa: F401
 
 FORMAT = "byol-wrap-run"
 VERSION = 1
 CHECKPOINT = Path("checkpoints") / "last.pt"
 
 # Arguments that change neither the losses nor the weights of a run: a resumed command may differ in them.
-HARMLESS_ARGUMENTS = frozenset({"workers", "overwrite", "checkpoint_every", "checkpoint_minutes", "knn_data", "strict",
-                                "progress", "log_every", "device_count", "allow_data_change", "length"})
+HARMLESS_ARGUMENTS = frozenset({"workers", "threads", "overwrite", "checkpoint_every", "checkpoint_minutes", "knn_data",
+                                "strict", "progress", "log_every", "device_count", "allow_data_change", "length"})
+
 
 class RunError(ValueError):
     """A run cannot start or continue because of its input or RUN_DIR; the message says what to do.
@@ -106,14 +107,15 @@ def load_checkpoint(path: os.PathLike) -> Dict[str, Any]:
         RunError: the file is truncated, not a torch file, or not a byol-wrap run
             checkpoint; the message names the file.
     """
-    from .io import safe_torch_load
+    from .io import UnreadableFileError, safe_torch_load
 
     path = Path(path)
     try:
         state = safe_torch_load(path, "run checkpoint")
+    except (UnreadableFileError, FileNotFoundError, IsADirectoryError) as error:  # their messages name the file
+        raise RunError(_one_line(error)) from error
     except (RuntimeError, ValueError, OSError, EOFError) as error:
-        raise RunError(_one_line(error) if str(path) in str(error) else f"cannot read {path}: {_one_line(error)}") \
-            from error
+        raise RunError(f"cannot read {path}: {_one_line(error)}") from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise RunError(
             f"{path} is not a byol-wrap run checkpoint (no 'format': '{FORMAT}' entry); move it away, "
@@ -154,9 +156,9 @@ def resume_state(run_dir: os.PathLike, arguments: Dict[str, Any], overwrite: boo
                  warn: Optional[Callable[[str], None]] = None) -> Optional[Dict[str, Any]]:
     """The checkpoint to continue from, or ``None`` for a fresh run.
 
-    - ``overwrite``: the run's own files are deleted (:func:`byol_wrap.job.run_dir.delete_run_files`), ``None``;
+    - ``overwrite``: the run's own files are deleted (:func:`byol_wrap.job.run_files.delete_run_files`), ``None``;
     - no ``last.pt``: ``None`` (a run killed before its first checkpoint starts again), unless an
-      ``encoder.pt``, or run files of something else (:func:`~byol_wrap.job.run_dir.foreign_run_files`),
+      ``encoder.pt``, or run files of something else (:func:`~byol_wrap.job.run_files.foreign_run_files`),
       are there (:class:`RunError`: they would be replaced);
     - data that changed since the run started (``fingerprint``, see :mod:`byol_wrap.job.fingerprint`):
       :class:`RunError` saying what changed, unless ``allow_data_change`` (then ``warn`` says it);
