@@ -77,12 +77,21 @@ def save_checkpoint(state: Dict[str, Any], run_dir: os.PathLike) -> Path:
     try:
         atomic_save(state, path)
     except OSError as error:
-        previous = "the previous checkpoint is unchanged" if path.exists() else "no checkpoint was written yet"
+        previous = (f"the last checkpoint (step {_saved_step(path)}) is intact" if path.exists()
+                    else "no checkpoint was written yet")
         raise TrainingStopped(
-            f"could not write the checkpoint {path} ({error.strerror or error}); {previous}. "
-            f"Free space (or fix the permissions) and run the same command again to resume."
+            f"could not write the checkpoint {path}: {error.strerror or error}; {previous}; "
+            f"free some space (or fix the permissions) and run the same command again to resume"
         ) from error
     return path
+
+
+def _saved_step(path: Path) -> Any:
+    """The step of the checkpoint at ``path``, for a message ("?" when it cannot be read)."""
+    try:
+        return load_checkpoint(path).get("step", "?")
+    except (RunError, OSError):
+        return "?"
 
 
 def _crash_inside_write(path: Path, state: Dict[str, Any]) -> None:  # pragma: no cover - the process dies
@@ -163,7 +172,8 @@ def resume_state(run_dir: os.PathLike, arguments: Dict[str, Any], overwrite: boo
     - data that changed since the run started (``fingerprint``, see :mod:`byol_wrap.job.fingerprint`):
       :class:`RunError` saying what changed, unless ``allow_data_change`` (then ``warn`` says it);
     - a finished run, or one with other arguments: :class:`RunError` saying what differs;
-    - else the checkpoint.
+    - else the checkpoint (also a finished run whose ``encoder.pt`` could not be written: the same
+      command then writes it).
 
     Example:
         >>> resume_state("/nonexistent/run", {}, overwrite=False) is None
@@ -211,15 +221,13 @@ def resume_state(run_dir: os.PathLike, arguments: Dict[str, Any], overwrite: boo
     if change and warn is not None:
         warn(f"the data changed since the run started ({change.counts()}); continuing on the data as it is now "
              f"(--allow-data-change): the losses will no longer match an uninterrupted run's")
-    if state.get("finished"):
-        encoder = Path(run_dir) / "encoder.pt"
-        where = (f"encoder: {encoder}" if encoder.exists()
-                 else f"its encoder.pt is missing: byol-wrap export {run_dir} writes it")
+    encoder = Path(run_dir) / "encoder.pt"
+    if state.get("finished") and encoder.exists():
         raise RunError(
-            f"{run_dir} holds a finished run ({state['step']} steps; {where}); "
+            f"{run_dir} holds a finished run ({state['step']} steps; encoder: {encoder}); "
             f"add --overwrite to train it again, or choose another --out"
         )
-    return state
+    return state  # unfinished, or finished without its encoder.pt (a failed write): the run writes it
 
 
 def _with_length(difference: str, saved: Dict[str, Any], current: Dict[str, Any]) -> str:

@@ -35,6 +35,8 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from .fingerprint import fingerprint_data
+from .io import FileWriteError
 from .monitor import (
     COLLAPSE_THRESHOLD,
     MetricsLog,
@@ -56,9 +58,20 @@ from .recipe import (
     resolve_precision,
 )
 from .run_dir import check_writable
+from .run_files import claim, is_claimed
+from .skipped import SkipReport
 from .world import World
 
+CHECKPOINT_MINUTES = 10.0  # default wall time between checkpoints (and every tenth of the run, whichever first)
 ESTIMATE_AFTER_STEPS = 5  # the duration estimate is printed after this many steps (the first one not counted)
+
+
+def _inside(folder: Path, data: Path) -> bool:
+    """Whether ``folder`` lies inside the folder ``data`` (both resolved)."""
+    try:
+        return folder.resolve().is_relative_to(data.resolve()) and data.is_dir()
+    except (OSError, ValueError):
+        return False
 
 
 class _Window:
@@ -83,7 +96,9 @@ class Run:
             check_writable(out)
         world.barrier()
         self.is_digits = data is None or (isinstance(data, str) and data == "digits" and not Path(data).exists())
+        self.skips = SkipReport(warn=self._warn)
         self.dataset = self._open_data("digits" if data is None else data, options["image_size"], model)
+        self.fingerprint = fingerprint_data(data, self.dataset)
         self._size_run(len(self.dataset))
         self._seed(options["seed"])  # everything random from here on (initialisation, augmentations)
         self._build_net(model)
@@ -94,9 +109,10 @@ class Run:
         self.model = self._distributed(self.learner)
         self.knn = self._knn_data()
         self.step = self.epoch = self.batch_in_epoch = 0
-        self.skipped: List[Tuple[str, str]] = []
         self.knn_history: List[Tuple[int, float]] = []
         self.elapsed = 0.0
+        self.checkpointed_step: Optional[int] = None
+        self.last_checkpoint_time = time.monotonic()
         self.collapse_warned: Optional[int] = None
         self.step_lr = self.step_tau = 0.0
 
@@ -132,7 +148,12 @@ class Run:
             small = isinstance(model, str) and model.strip().startswith("byol_wrap/")
             self.image_size = 96 if small else 224
         load_size = data_module.default_load_size(self.image_size) if image_size is not None or is_file_data else None
-        dataset = data_module.open_images(data, load_size, strict)
+        exclude = [self.out] if is_file_data and self.out.exists() else []
+        dataset = data_module.open_images(data, load_size, strict, exclude=exclude)
+        if exclude and _inside(self.out, Path(data)):
+            self._say(f"RUN_DIR {self.out} is inside the data folder {data}: its files are left out of the training "
+                      f"data")
+        self.skips.add(getattr(dataset, "scan_skipped", []))  # folders not readable, links not followed
         if image_size is None and not is_file_data:
             self.image_size = min(cast(Any, dataset).load_size)
         return dataset
@@ -146,19 +167,31 @@ class Run:
             raise RunError("--batch-size must be at least 2 (BYOL's BatchNorm layers need 2 samples)")
         if self.batch_size * world.size > size:
             processes = f" x {world.size} processes" if world.distributed else ""
-            raise RunError(f"--batch-size {self.batch_size}{processes} is larger than the data set ({size} images); "
-                           f"use --batch-size {max(2, size // world.size)} or less")
+            images = f"{size} image{'s' if size != 1 else ''}"
+            if size < 2 * world.size:
+                raise RunError(f"the data set is too small for BYOL ({images}): it needs at least 2 images per "
+                               f"process (a batch of 2 for its BatchNorm layers)")
+            raise RunError(f"--batch-size {self.batch_size}{processes} is larger than the data set ({images}); "
+                           f"use --batch-size {size // world.size} or less")
         self.batches_per_epoch = data_module.batches_per_epoch(size, self.batch_size, world.size)
         if options["steps"] is not None:
             self.total_steps = positive_int("steps", options["steps"])
+            self.length = f"--steps {self.total_steps}"
         else:
             epochs = options["epochs"]
             if epochs is None and not self.is_digits:
                 epochs = DEFAULT_EPOCHS
             self.total_steps = (DIGITS_STEPS if epochs is None
                                 else positive_int("epochs", epochs) * self.batches_per_epoch)
+            self.length = (f"--epochs {epochs}" if options["epochs"] is not None
+                           else f"no --steps or --epochs (the default: {self.total_steps} steps)")
+        # a checkpoint every tenth of the run and every checkpoint_minutes of wall time, whichever comes first
         self.checkpoint_every = positive_int(
-            "checkpoint_every", options["checkpoint_every"] or min(1000, max(100, self.total_steps // 10)))
+            "checkpoint_every", options["checkpoint_every"] or max(1, round(self.total_steps / 10)))
+        minutes = options.get("checkpoint_minutes", CHECKPOINT_MINUTES)
+        if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not minutes >= 0:
+            raise RunError(f"--checkpoint-minutes must be a number >= 0 (0: by steps only), got {minutes!r}")
+        self.checkpoint_seconds = 60.0 * float(minutes)
         self.log_every = positive_int("log_every", options["log_every"])
 
     @staticmethod
@@ -230,7 +263,7 @@ class Run:
                                                   else describe(data)),
             model=describe(model), hidden_layer=describe(self.hidden_layer), image_size=self.image_size,
             batch_size=self.batch_size, total_steps=self.total_steps, precision=self.precision,
-            world_size=self.world.size, device_type=self.device.type)
+            world_size=self.world.size, device_type=self.device.type, length=self.length)
         arguments["weights"] = str(Path(arguments["weights"]).resolve()) if arguments["weights"] else None
         for key in ("steps", "epochs", "lr", "device"):
             arguments.pop(key, None)  # folded into total_steps / the learning rate / device_type
@@ -252,7 +285,22 @@ class Run:
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> Path:
-        """Train from the last checkpoint (or step 0) to the last step; returns ``encoder.pt``'s path."""
+        """Train from the last checkpoint (or step 0) to the last step; returns ``encoder.pt``'s path.
+
+        Raises:
+            TrainingStopped: also when a file could not be written (a full disk): the message names the
+                file and says that the last checkpoint is intact.
+        """
+        try:
+            return self._train()
+        except FileWriteError as error:
+            path = checkpoint_path(self.out)
+            step = f" (step {self.checkpointed_step})" if self.checkpointed_step is not None else ""
+            kept = (f"the last checkpoint {path}{step} is intact" if path.exists() else "no checkpoint was written yet")
+            kept += "; free some space and run the same command again to resume"
+            raise TrainingStopped(f"{error}; {kept}") from error
+
+    def _train(self) -> Path:
         resumed = self._start()
         knn_before = self._knn_before(resumed)
         loader = self._loader()
@@ -260,6 +308,7 @@ class Run:
         bar = progress_bar(self.total_steps, self.step, enabled=self.verbose and bool(self.options["progress"]))
         window = _Window()
         start_step, run_start = self.step, time.perf_counter()
+        self.last_checkpoint_time = time.monotonic()
         step_sleep = float(os.environ.get("BYOL_WRAP_TEST_STEP_SLEEP", "0"))  # test hook: time to kill -9 a run
         try:
             for images in self._batches(loader, window):
@@ -273,7 +322,8 @@ class Run:
                 self._estimate_duration(start_step)
                 checkpoint_now = self._checkpoint_due()
                 if self.step % self.log_every == 0 or checkpoint_now:
-                    row = self._log_row(loss, recorder.take(), window, checkpoint_now)
+                    row = self._log_row(loss, recorder.take(), window,
+                                        checkpoint_now and self.step % self.checkpoint_every == 0)
                     bar.set_postfix(bar_postfix(row), refresh=False)
                 if checkpoint_now and self.step != self.total_steps:
                     self._checkpoint()
@@ -293,7 +343,12 @@ class Run:
         """Resume from the last checkpoint if there is one, open the metrics log, say what runs."""
         if self.world.main:
             clean_temporary_files(self.out)
+        started_before = is_claimed(self.out)
         resumed = self._resume()
+        if not resumed and self.world.main:
+            if started_before and not self.options["overwrite"]:
+                self._say(f"no checkpoint in {self.out} yet: starting from step 0")
+            claim(self.out)  # before any run file: they are this run's from now on
         self.log = MetricsLog(self.out)
         if self.world.main:
             if resumed:
@@ -334,6 +389,7 @@ class Run:
             window.data_wait += time.perf_counter() - wait_start
             if batch.skipped:
                 self._skipped(batch.skipped)
+            self._check_readable(len(batch.images) + len(batch.skipped), len(batch.skipped))
             self.batch_in_epoch += 1
             if self.batch_in_epoch >= self.batches_per_epoch:
                 self.epoch, self.batch_in_epoch, iterator = self.epoch + 1, 0, None
@@ -369,10 +425,14 @@ class Run:
         return cast(Tensor, loss.detach())
 
     def _checkpoint_due(self) -> bool:
-        return self.step % self.checkpoint_every == 0 or self.step == self.total_steps
+        """Every ``checkpoint_every`` steps, after ``checkpoint_minutes`` of wall time, and at the end."""
+        if self.step % self.checkpoint_every == 0 or self.step == self.total_steps:
+            return True
+        late = bool(self.checkpoint_seconds) and time.monotonic() - self.last_checkpoint_time >= self.checkpoint_seconds
+        return self.world.any(late) if self.world.distributed else late
 
     def _log_row(self, loss: Tensor, projections: Optional[Tensor], window: _Window,
-                 checkpoint_now: bool) -> Dict[str, Any]:
+                 evaluate: bool) -> Dict[str, Any]:
         """One row of ``metrics.jsonl`` for the window since the last row (also shown on the progress bar)."""
         now = time.perf_counter()
         seconds = max(now - window.start, 1e-9)
@@ -380,11 +440,11 @@ class Run:
         row = {"step": self.step, "epoch": self.epoch, "loss": self.world.mean(loss.item()),
                "tau": self.step_tau, "lr": self.step_lr,
                "images_per_s": window.images / seconds, "data_wait": window.data_wait / seconds,
-               "collapse": collapse, "skipped": len(self.skipped)}
+               "collapse": collapse, "skipped": len(self.skips)}
         self.elapsed += seconds
         window.reset(now)
         self._warn_collapse(collapse)
-        if checkpoint_now and self.knn is not None and self.step != self.total_steps:
+        if evaluate and self.knn is not None and self.step != self.total_steps:  # kNN at step-interval checkpoints
             row["knn"] = self._knn()
         if self.world.main:
             self.log.append(row)
@@ -416,21 +476,22 @@ class Run:
     def _state(self, finished: bool) -> Dict[str, Any]:
         rng = self.world.gather(get_rng_state())
         if self.world.distributed:  # every rank's unreadable files (each decodes its own shard)
-            merged = list(dict.fromkeys(item for rank_items in self.world.gather(self.skipped) for item in rank_items))
-            self.skipped = [tuple(item) for item in merged]
+            for rank_items in self.world.gather(self.skips.items):
+                self.skips.add(rank_items, quiet=True)
         return {
             "format": "byol-wrap-run", "version": 1, "learner": self.learner.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "rng": rng,
             "arguments": self.arguments, "finished": finished,
-            "skipped": [list(item) for item in self.skipped], "knn": [list(item) for item in self.knn_history],
-            "elapsed": self.elapsed, "encoder": self._encoder_meta(),
+            "skipped": [list(item) for item in self.skips.items], "knn": [list(item) for item in self.knn_history],
+            "elapsed": self.elapsed, "encoder": self._encoder_meta(), "data_fingerprint": self.fingerprint,
         }
 
     def _resume(self) -> bool:
         overwrite = bool(self.options["overwrite"])
-        state = resume_state(self.out, self.arguments, overwrite and self.world.main) \
+        state = resume_state(self.out, self.arguments, overwrite and self.world.main, self.fingerprint,
+                             bool(self.options["allow_data_change"]), self._warn) \
             if self.world.main or not overwrite else None
         self.world.barrier()
         if not self.world.main and overwrite:
@@ -449,7 +510,8 @@ class Run:
                            f"use --overwrite to start afresh") from error
         self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), \
             int(state["batch_in_epoch"])
-        self.skipped = [tuple(item) for item in state.get("skipped", [])]
+        self.skips.add([tuple(item) for item in state.get("skipped", [])], quiet=True)
+        self.checkpointed_step = self.step
         self.knn_history = [(int(s), float(a)) for s, a in state.get("knn", [])]
         self.elapsed = float(state.get("elapsed", 0.0))
         rng = state["rng"]
@@ -462,16 +524,16 @@ class Run:
             self.log.flush()              # metrics first: on resume, rows beyond the checkpoint are dropped
             self._write_skipped()
             save_checkpoint(state, self.out)
+            self.checkpointed_step = self.step
             from .monitor import plot_training
 
             plot_training(self.log, self.out / "plots" / "training.png")
+        self.last_checkpoint_time = time.monotonic()
         self.world.barrier()
 
     def _write_skipped(self) -> None:
-        from .io import atomic_write_text
-
-        if self.skipped or (self.out / "skipped.txt").exists():
-            atomic_write_text(self.out / "skipped.txt", "".join(f"{path}\t{reason}\n" for path, reason in self.skipped))
+        """``skipped.txt``, rewritten at checkpoints when files were skipped since the last one."""
+        self.skips.write(self.out / "skipped.txt")
 
     # ------------------------------------------------------------------ kNN
     def _knn(self) -> Optional[float]:
@@ -550,14 +612,24 @@ class Run:
             f"then start again with --overwrite")
 
     def _skipped(self, skipped: Sequence[Tuple[str, str]]) -> None:
-        for path, reason in skipped:
-            if self.options["strict"]:
-                raise RunError(f"cannot decode {path}: {reason} (--strict stops at the first unreadable image)")
-            if (path, reason) not in self.skipped:
-                self.skipped.append((path, reason))
-                self._warn(f"skipped {path}: {reason}")
+        if self.options["strict"]:
+            path, reason = skipped[0]
+            raise RunError(f"cannot decode {path}: {reason} (--strict stops at the first unreadable image)")
+        self.skips.add(skipped)
+
+    def _check_readable(self, tried: int, failed: int) -> None:
+        """Stop when more than half of the first thousand files (or of the data) cannot be decoded."""
+        self.skips.observe(tried, failed)
+        verdict = self.skips.too_many(len(self.dataset) // self.world.size)
+        if verdict is None or not self.world.any(verdict):
+            return
         if self.world.main:
             self._write_skipped()
+        example = next(iter(self.skips.items), ("?", "?"))
+        raise RunError(f"{self.skips.failed} of the first {self.skips.attempted} files could not be decoded "
+                       f"(e.g. {example[0]}: {example[1]}): is {self.arguments['data']} the data you meant? The list "
+                       f"is in {self.out / 'skipped.txt'}; remove or repair those files, or give --strict to stop at "
+                       f"the first one")
 
     # ------------------------------------------------------------------ the end
     def _encoder_meta(self) -> Dict[str, Any]:
@@ -582,7 +654,7 @@ class Run:
         rate = steps * self.batch_size * self.world.size / max(seconds, 1e-9)
         self._say(f"done: {self.step} steps ({steps} in this session, {seconds:.0f} s, {rate:.0f} images/s); "
                   f"encoder: {encoder}; run files: {self.out}"
-                  + (f"; skipped {len(self.skipped)} unreadable files (skipped.txt)" if self.skipped else ""))
+                  + (f"; {self.skips.summary()} (skipped.txt)" if len(self.skips) else ""))
         if after is not None:
             self._say(f"kNN accuracy after:  {after:.2%}" + (f" (before: {before:.2%})" if before is not None else ""))
 

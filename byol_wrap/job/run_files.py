@@ -28,7 +28,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import List, Union
+from typing import List, Set, Union
 
 __all__ = ["RUN_FILES", "MARKER", "is_own_temporary_file", "own_temporary_files", "remove_own_temporary_files",
            "foreign_run_files", "claim", "is_claimed", "delete_run_files"]
@@ -63,7 +63,7 @@ def is_own_temporary_file(path: PathLike) -> bool:
 def own_temporary_files(run_dir: PathLike) -> List[Path]:
     """The run's temporary files in RUN_DIR, each beside the file it was writing, sorted."""
     run_dir = Path(run_dir)
-    found = set()
+    found: Set[Path] = set()
     for name in RUN_FILES + (MARKER,):
         target = run_dir / name
         if target.parent.is_dir():

@@ -61,8 +61,9 @@ class SkipReport:
     def items(self) -> List[Tuple[str, str]]:
         return list(self._items)
 
-    def add(self, pairs: Iterable[Tuple[str, str]]) -> int:
-        """Record ``pairs``; warn about new ones (capped per kind); return how many were new."""
+    def add(self, pairs: Iterable[Tuple[str, str]], quiet: bool = False) -> int:
+        """Record ``pairs``; warn about new ones (capped per kind; ``quiet``: not at all); return how many
+        were new."""
         new = 0
         for path, reason in pairs:
             key = (str(path), str(reason))
@@ -71,7 +72,7 @@ class SkipReport:
             self._items[key] = None
             new += 1
             self.dirty = True
-            if self.warn is None:
+            if self.warn is None or quiet:
                 continue
             kind = _kind(key[1])
             shown = self._warned.get(kind, 0)
@@ -88,11 +89,12 @@ class SkipReport:
         self.attempted += attempted
         self.failed += failed
 
-    def too_many(self, available: int, first: int = FIRST_FILES) -> bool:
-        """Decided once, when the first ``min(first, available)`` files were tried: True when more than
-        half of them failed (``available``: the files this process reads per epoch)."""
+    def too_many(self, available: int, first: int = FIRST_FILES) -> Optional[bool]:
+        """Decided once, when the first ``min(first, available)`` files were tried: whether more than half of
+        them failed (``available``: the files this process reads per epoch); ``None`` before and after that
+        call (so processes that try as many files per batch decide at the same batch)."""
         if self._checked or self.attempted < max(1, min(first, available)):
-            return False
+            return None
         self._checked = True
         return 2 * self.failed > self.attempted
 
