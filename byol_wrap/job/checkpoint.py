@@ -234,6 +234,9 @@ def _with_length(difference: str, saved: Dict[str, Any], current: Dict[str, Any]
     """``total_steps: 100 in the saved run, 75 now`` -> ``... (--steps 100) ... (--epochs 5)``: the flags given."""
     if not difference.startswith("total_steps:") or not saved.get("length") or not current.get("length"):
         return difference
+    if (saved["length"], current["length"]) == (f"--steps {saved.get('total_steps')}",
+                                                f"--steps {current.get('total_steps')}"):
+        return difference  # the flags say no more than the numbers
     return (f"total_steps: {saved.get('total_steps')} in the saved run ({saved['length']}), "
             f"{current.get('total_steps')} now ({current['length']})")
 
