@@ -86,6 +86,20 @@ def save_checkpoint(state: Dict[str, Any], run_dir: os.PathLike) -> Path:
     return path
 
 
+def write_stopped(error: OSError, run_dir: os.PathLike, step: Optional[int]) -> TrainingStopped:
+    """The stop for a file that could not be written (``error`` names it): the last checkpoint, at ``step``
+    (``None``: unknown), is intact.
+
+    Example:
+        >>> str(write_stopped(OSError(28, "No space left on device"), "/nonexistent/run", None)).split("; ")[1]
+        'no checkpoint was written yet'
+    """
+    path = checkpoint_path(run_dir)
+    at = f" (step {step})" if step is not None else ""
+    kept = f"the last checkpoint {path}{at} is intact" if path.exists() else "no checkpoint was written yet"
+    return TrainingStopped(f"{error}; {kept}; free some space and run the same command again to resume")
+
+
 def _saved_step(path: Path) -> Any:
     """The step of the checkpoint at ``path``, for a message ("?" when it cannot be read)."""
     try:

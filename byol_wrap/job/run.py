@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, NoReturn, Optional, Sequence, Tuple, cast
+from typing import Any, Dict, Iterator, List, NoReturn, Optional, Tuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +24,7 @@ from ..core.checks import NonFiniteError
 from ..core.hooks import AmbiguousOutputError, UnknownLayerError
 from . import data as data_module
 from . import models as models_module
-from .arguments import describe, positive_int
+from .arguments import check_batch_fits, describe, length_flag, positive_int
 from .checkpoint import (
     RunError,
     TrainingStopped,
@@ -36,7 +36,6 @@ from .checkpoint import (
     set_rng_state,
 )
 from .fingerprint import fingerprint_data
-from .io import FileWriteError
 from .monitor import (
     COLLAPSE_THRESHOLD,
     MetricsLog,
@@ -57,21 +56,13 @@ from .recipe import (
     digits_augmentation,
     resolve_precision,
 )
-from .run_dir import check_writable
-from .run_files import claim, is_claimed
+from .run_dir import check_writable, inside_message
+from .run_files import claim
+from .schedule import CHECKPOINT_MINUTES, CheckpointSchedule
 from .skipped import SkipReport
 from .world import World
 
-CHECKPOINT_MINUTES = 10.0  # default wall time between checkpoints (and every tenth of the run, whichever first)
 ESTIMATE_AFTER_STEPS = 5  # the duration estimate is printed after this many steps (the first one not counted)
-
-
-def _inside(folder: Path, data: Path) -> bool:
-    """Whether ``folder`` lies inside the folder ``data`` (both resolved)."""
-    try:
-        return folder.resolve().is_relative_to(data.resolve()) and data.is_dir()
-    except (OSError, ValueError):
-        return False
 
 
 class _Window:
@@ -112,7 +103,6 @@ class Run:
         self.knn_history: List[Tuple[int, float]] = []
         self.elapsed = 0.0
         self.checkpointed_step: Optional[int] = None
-        self.last_checkpoint_time = time.monotonic()
         self.collapse_warned: Optional[int] = None
         self.step_lr = self.step_tau = 0.0
 
@@ -148,11 +138,8 @@ class Run:
             small = isinstance(model, str) and model.strip().startswith("byol_wrap/")
             self.image_size = 96 if small else 224
         load_size = data_module.default_load_size(self.image_size) if image_size is not None or is_file_data else None
-        exclude = [self.out] if is_file_data and self.out.exists() else []
-        dataset = data_module.open_images(data, load_size, strict, exclude=exclude)
-        if exclude and _inside(self.out, Path(data)):
-            self._say(f"RUN_DIR {self.out} is inside the data folder {data}: its files are left out of the training "
-                      f"data")
+        dataset = data_module.open_images(data, load_size, strict, exclude=[self.out] if is_file_data else [])
+        self._say(inside_message(self.out, data) if is_file_data else "")
         self.skips.add(getattr(dataset, "scan_skipped", []))  # folders not readable, links not followed
         if image_size is None and not is_file_data:
             self.image_size = min(cast(Any, dataset).load_size)
@@ -165,33 +152,19 @@ class Run:
             "batch_size", options["batch_size"] or (256 if self.device.type == "cuda" else 128))
         if self.batch_size < 2:
             raise RunError("--batch-size must be at least 2 (BYOL's BatchNorm layers need 2 samples)")
-        if self.batch_size * world.size > size:
-            processes = f" x {world.size} processes" if world.distributed else ""
-            images = f"{size} image{'s' if size != 1 else ''}"
-            if size < 2 * world.size:
-                raise RunError(f"the data set is too small for BYOL ({images}): it needs at least 2 images per "
-                               f"process (a batch of 2 for its BatchNorm layers)")
-            raise RunError(f"--batch-size {self.batch_size}{processes} is larger than the data set ({images}); "
-                           f"use --batch-size {size // world.size} or less")
+        check_batch_fits(self.batch_size, size, world.size)
         self.batches_per_epoch = data_module.batches_per_epoch(size, self.batch_size, world.size)
         if options["steps"] is not None:
             self.total_steps = positive_int("steps", options["steps"])
-            self.length = f"--steps {self.total_steps}"
         else:
             epochs = options["epochs"]
             if epochs is None and not self.is_digits:
                 epochs = DEFAULT_EPOCHS
             self.total_steps = (DIGITS_STEPS if epochs is None
                                 else positive_int("epochs", epochs) * self.batches_per_epoch)
-            self.length = (f"--epochs {epochs}" if options["epochs"] is not None
-                           else f"no --steps or --epochs (the default: {self.total_steps} steps)")
-        # a checkpoint every tenth of the run and every checkpoint_minutes of wall time, whichever comes first
-        self.checkpoint_every = positive_int(
-            "checkpoint_every", options["checkpoint_every"] or max(1, round(self.total_steps / 10)))
-        minutes = options.get("checkpoint_minutes", CHECKPOINT_MINUTES)
-        if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not minutes >= 0:
-            raise RunError(f"--checkpoint-minutes must be a number >= 0 (0: by steps only), got {minutes!r}")
-        self.checkpoint_seconds = 60.0 * float(minutes)
+        self.checkpoints = CheckpointSchedule(self.total_steps, options["checkpoint_every"],
+                                              options.get("checkpoint_minutes", CHECKPOINT_MINUTES),
+                                              world.any if world.distributed else None)
         self.log_every = positive_int("log_every", options["log_every"])
 
     @staticmethod
@@ -263,7 +236,8 @@ class Run:
                                                   else describe(data)),
             model=describe(model), hidden_layer=describe(self.hidden_layer), image_size=self.image_size,
             batch_size=self.batch_size, total_steps=self.total_steps, precision=self.precision,
-            world_size=self.world.size, device_type=self.device.type, length=self.length)
+            world_size=self.world.size, device_type=self.device.type,
+            length=length_flag(self.options["steps"], self.options["epochs"], self.total_steps))
         arguments["weights"] = str(Path(arguments["weights"]).resolve()) if arguments["weights"] else None
         for key in ("steps", "epochs", "lr", "device"):
             arguments.pop(key, None)  # folded into total_steps / the learning rate / device_type
@@ -285,22 +259,7 @@ class Run:
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> Path:
-        """Train from the last checkpoint (or step 0) to the last step; returns ``encoder.pt``'s path.
-
-        Raises:
-            TrainingStopped: also when a file could not be written (a full disk): the message names the
-                file and says that the last checkpoint is intact.
-        """
-        try:
-            return self._train()
-        except FileWriteError as error:
-            path = checkpoint_path(self.out)
-            step = f" (step {self.checkpointed_step})" if self.checkpointed_step is not None else ""
-            kept = (f"the last checkpoint {path}{step} is intact" if path.exists() else "no checkpoint was written yet")
-            kept += "; free some space and run the same command again to resume"
-            raise TrainingStopped(f"{error}; {kept}") from error
-
-    def _train(self) -> Path:
+        """Train from the last checkpoint (or step 0) to the last step; returns ``encoder.pt``'s path."""
         resumed = self._start()
         knn_before = self._knn_before(resumed)
         loader = self._loader()
@@ -308,7 +267,7 @@ class Run:
         bar = progress_bar(self.total_steps, self.step, enabled=self.verbose and bool(self.options["progress"]))
         window = _Window()
         start_step, run_start = self.step, time.perf_counter()
-        self.last_checkpoint_time = time.monotonic()
+        self.checkpoints.done()
         step_sleep = float(os.environ.get("BYOL_WRAP_TEST_STEP_SLEEP", "0"))  # test hook: time to kill -9 a run
         try:
             for images in self._batches(loader, window):
@@ -320,10 +279,10 @@ class Run:
                 window.images += images.shape[0] * self.world.size
                 bar.update(1)
                 self._estimate_duration(start_step)
-                checkpoint_now = self._checkpoint_due()
+                checkpoint_now = self.checkpoints.due(self.step)
                 if self.step % self.log_every == 0 or checkpoint_now:
                     row = self._log_row(loss, recorder.take(), window,
-                                        checkpoint_now and self.step % self.checkpoint_every == 0)
+                                        checkpoint_now and self.checkpoints.by_steps(self.step))
                     bar.set_postfix(bar_postfix(row), refresh=False)
                 if checkpoint_now and self.step != self.total_steps:
                     self._checkpoint()
@@ -343,12 +302,9 @@ class Run:
         """Resume from the last checkpoint if there is one, open the metrics log, say what runs."""
         if self.world.main:
             clean_temporary_files(self.out)
-        started_before = is_claimed(self.out)
         resumed = self._resume()
         if not resumed and self.world.main:
-            if started_before and not self.options["overwrite"]:
-                self._say(f"no checkpoint in {self.out} yet: starting from step 0")
-            claim(self.out)  # before any run file: they are this run's from now on
+            self._say(claim(self.out, bool(self.options["overwrite"])))
         self.log = MetricsLog(self.out)
         if self.world.main:
             if resumed:
@@ -387,9 +343,7 @@ class Run:
             except data_module.UnreadableImageError as error:
                 raise RunError(str(error)) from error
             window.data_wait += time.perf_counter() - wait_start
-            if batch.skipped:
-                self._skipped(batch.skipped)
-            self._check_readable(len(batch.images) + len(batch.skipped), len(batch.skipped))
+            self._skipped(batch)
             self.batch_in_epoch += 1
             if self.batch_in_epoch >= self.batches_per_epoch:
                 self.epoch, self.batch_in_epoch, iterator = self.epoch + 1, 0, None
@@ -424,13 +378,6 @@ class Run:
         self.step_tau = self.learner.update_moving_average()
         return cast(Tensor, loss.detach())
 
-    def _checkpoint_due(self) -> bool:
-        """Every ``checkpoint_every`` steps, after ``checkpoint_minutes`` of wall time, and at the end."""
-        if self.step % self.checkpoint_every == 0 or self.step == self.total_steps:
-            return True
-        late = bool(self.checkpoint_seconds) and time.monotonic() - self.last_checkpoint_time >= self.checkpoint_seconds
-        return self.world.any(late) if self.world.distributed else late
-
     def _log_row(self, loss: Tensor, projections: Optional[Tensor], window: _Window,
                  evaluate: bool) -> Dict[str, Any]:
         """One row of ``metrics.jsonl`` for the window since the last row (also shown on the progress bar)."""
@@ -454,7 +401,7 @@ class Run:
     def _warn_collapse(self, collapse: Optional[float]) -> None:
         if collapse is None or collapse >= COLLAPSE_THRESHOLD:
             return
-        if self.collapse_warned is not None and self.step - self.collapse_warned < self.checkpoint_every:
+        if self.collapse_warned is not None and self.step - self.collapse_warned < self.checkpoints.every:
             return  # loud, but once per checkpoint interval
         self.collapse_warned = self.step
         self._warn(f"WARNING: the representations may be collapsing: collapse metric {collapse:.3f} "
@@ -522,18 +469,14 @@ class Run:
         state = self._state(finished)
         if self.world.main:
             self.log.flush()              # metrics first: on resume, rows beyond the checkpoint are dropped
-            self._write_skipped()
+            self.skips.write(self.out / "skipped.txt")  # rewritten only when files were skipped since the last
             save_checkpoint(state, self.out)
             self.checkpointed_step = self.step
             from .monitor import plot_training
 
             plot_training(self.log, self.out / "plots" / "training.png")
-        self.last_checkpoint_time = time.monotonic()
+        self.checkpoints.done()
         self.world.barrier()
-
-    def _write_skipped(self) -> None:
-        """``skipped.txt``, rewritten at checkpoints when files were skipped since the last one."""
-        self.skips.write(self.out / "skipped.txt")
 
     # ------------------------------------------------------------------ kNN
     def _knn(self) -> Optional[float]:
@@ -592,7 +535,7 @@ class Run:
         plot_augmentations(images, view1, view2, self.out / "plots" / "augmentations.png")
 
     def _say(self, message: str) -> None:
-        if self.verbose:
+        if self.verbose and message:
             from tqdm.auto import tqdm
 
             tqdm.write(message, file=sys.stdout)
@@ -611,25 +554,19 @@ class Run:
             f"Lower --lr (now {self.lr:g}){', or use --precision 32' if self.precision != '32' else ''}, "
             f"then start again with --overwrite")
 
-    def _skipped(self, skipped: Sequence[Tuple[str, str]]) -> None:
-        if self.options["strict"]:
-            path, reason = skipped[0]
+    def _skipped(self, batch: Any) -> None:
+        """Record the batch's unreadable files (``--strict``: stop at the first); stop when most of the first
+        thousand files (or of the data) cannot be decoded."""
+        if batch.skipped and self.options["strict"]:
+            path, reason = batch.skipped[0]
             raise RunError(f"cannot decode {path}: {reason} (--strict stops at the first unreadable image)")
-        self.skips.add(skipped)
-
-    def _check_readable(self, tried: int, failed: int) -> None:
-        """Stop when more than half of the first thousand files (or of the data) cannot be decoded."""
-        self.skips.observe(tried, failed)
+        self.skips.add(batch.skipped)
+        self.skips.observe(len(batch.images) + len(batch.skipped), len(batch.skipped))
         verdict = self.skips.too_many(len(self.dataset) // self.world.size)
-        if verdict is None or not self.world.any(verdict):
-            return
-        if self.world.main:
-            self._write_skipped()
-        example = next(iter(self.skips.items), ("?", "?"))
-        raise RunError(f"{self.skips.failed} of the first {self.skips.attempted} files could not be decoded "
-                       f"(e.g. {example[0]}: {example[1]}): is {self.arguments['data']} the data you meant? The list "
-                       f"is in {self.out / 'skipped.txt'}; remove or repair those files, or give --strict to stop at "
-                       f"the first one")
+        if verdict is not None and self.world.any(verdict):
+            if self.world.main:
+                self.skips.write(self.out / "skipped.txt")
+            raise RunError(self.skips.too_many_message(self.arguments["data"], self.out / "skipped.txt"))
 
     # ------------------------------------------------------------------ the end
     def _encoder_meta(self) -> Dict[str, Any]:

@@ -88,13 +88,16 @@ def is_claimed(run_dir: PathLike) -> bool:
     return (Path(run_dir) / MARKER).is_file()
 
 
-def claim(run_dir: PathLike) -> None:
-    """Write the marker: this folder's :data:`RUN_FILES` are a byol-wrap run's (atomically)."""
+def claim(run_dir: PathLike, overwrite: bool = False) -> str:
+    """Write the marker at a fresh start: this folder's :data:`RUN_FILES` are a byol-wrap run's (atomically).
+    Returns what to say when a run started here before and wrote no checkpoint (else ``""``)."""
     from .io import atomic_write_text
 
+    again = is_claimed(run_dir) and not overwrite
     text = json.dumps({"format": "byol-wrap-run-dir", "files": list(RUN_FILES), "tensorboard": TENSORBOARD},
                       indent=1) + "\n"
     atomic_write_text(Path(run_dir) / MARKER, text)
+    return f"no checkpoint in {run_dir} yet: starting from step 0" if again else ""
 
 
 def foreign_run_files(run_dir: PathLike) -> List[str]:

@@ -98,6 +98,13 @@ class SkipReport:
         self._checked = True
         return 2 * self.failed > self.attempted
 
+    def too_many_message(self, data: object, listing: object) -> str:
+        """The error when :meth:`too_many` said so: the counts, an example, where the list is."""
+        path, reason = next(iter(self._items), ("?", "?"))
+        return (f"{self.failed} of the first {self.attempted} files could not be decoded (e.g. {path}: {reason}): "
+                f"is {data} the data you meant? The list is in {listing}; remove or repair those files, or give "
+                f"--strict to stop at the first one")
+
     def text(self) -> str:
         return "".join(f"{path}\t{reason}\n" for path, reason in self._items)
 

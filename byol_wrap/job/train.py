@@ -27,7 +27,8 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from .checkpoint import RunError
+from .checkpoint import RunError, write_stopped
+from .io import FileWriteError
 from .lock import RunLock
 from .recipe import require_extras
 from .run_dir import check_writable, first_missing, remove_if_empty
@@ -128,6 +129,7 @@ def pretrain(
     if threads is not None:
         torch.set_num_threads(threads)
     lock: Optional[RunLock] = None
+    run: Any = None
     try:
         lock = _hold(world, Path(out))
         from .run import Run
@@ -140,7 +142,11 @@ def pretrain(
             precision=precision, checkpoint_every=checkpoint_every, log_every=log_every, knn_data=knn_data,
             seed=seed, overwrite=overwrite, strict=strict, progress=progress, threads=threads,
             checkpoint_minutes=checkpoint_minutes, allow_data_change=allow_data_change))
-        return run.train()
+        try:
+            encoder: Path = run.train()
+            return encoder
+        except FileWriteError as error:  # a full disk: one line naming the file, the last checkpoint intact
+            raise write_stopped(error, Path(out), run.checkpointed_step) from error
     except BaseException:
         if lock is not None:
             lock.release()
