@@ -19,7 +19,7 @@ Example:
     >>> _ = (run_dir / "metrics.jsonl").write_text("{}")
     >>> foreign_run_files(run_dir)
     ['metrics.jsonl']
-    >>> claim(run_dir); foreign_run_files(run_dir)
+    >>> _ = claim(run_dir); foreign_run_files(run_dir)
     []
 """
 from __future__ import annotations
