@@ -341,7 +341,7 @@ def embed_images(
     describe = getattr(dataset, "describe", lambda i: f"dataset[{i}]")
     paths: List[str] = []
     chunks: List[Tensor] = []
-    skipped: List[Tuple[str, str]] = []
+    skipped: List[Tuple[str, str]] = list(getattr(dataset, "scan_skipped", []))  # folders not read, links not followed
     bar = _progress(len(dataset), progress, "embed")  # type: ignore[arg-type]
     try:
         with torch.inference_mode():
