@@ -92,7 +92,7 @@ class SkipReport:
     def too_many(self, available: int, first: int = FIRST_FILES) -> Optional[bool]:
         """Decided once, when the first ``min(first, available)`` files were tried: whether more than half of
         them failed (``available``: the files this process reads per epoch); ``None`` before and after that
-        call (so processes that try as many files per batch decide at the same batch)."""
+        call."""
         if self._checked or self.attempted < max(1, min(first, available)):
             return None
         self._checked = True
