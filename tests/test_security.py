@@ -322,6 +322,24 @@ def test_kill_9_leaves_no_stale_lock_and_concurrent_runs_are_refused(images, tmp
     assert "resuming from step" in third.stdout
 
 
+@pytest.mark.integration
+def test_under_torchrun_rank_0_takes_the_lock_and_every_rank_stops(images, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "byol_wrap",
+               "pretrain", str(images), "--out", str(out), "--steps", "1", *SMALL[:2], "--batch-size", "2", *SMALL[4:]]
+    with RunLock(out):
+        refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0
+    said = [line for line in refused.stderr.splitlines() if f"process {os.getpid()}" in line]
+    assert len(said) == 2 and all(line.startswith("byol-wrap pretrain: error: RUN_DIR") for line in said), \
+        refused.stderr  # rank 0's line, and rank 1's with rank 0's message: no rank waits for the other
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert not (out / LOCK_NAME).exists()
+
+
 # ---------------------------------------------------------------- 4. nothing the user owns is deleted
 USER_FILES = {"checkpoints/last.pt.bak": "user", ".draft.tmp": "user", "plots/notes.tmp": "user",
               "plots/.notes.png.tmp": "user", "checkpoints/.last.pt.mine.tmp": "user", "notes.txt": "user",
