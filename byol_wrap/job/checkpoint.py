@@ -212,7 +212,8 @@ def resume_state(run_dir: os.PathLike, arguments: Dict[str, Any], overwrite: boo
             )
         return None
     state = load_checkpoint(path)
-    change = compare_fingerprints(state.get("data_fingerprint"), fingerprint)
+    # a finished run trains no more: what its data became does not matter to it
+    change = compare_fingerprints(None if state.get("finished") else state.get("data_fingerprint"), fingerprint)
     if change and not allow_data_change:
         raise RunError(
             f"the data changed since the run in {run_dir} started: {change.describe()}; resumed, it would train on "
