@@ -8,14 +8,12 @@ import errno
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 pytest.importorskip("tqdm")
 pytest.importorskip("matplotlib")
@@ -25,7 +23,7 @@ from byol_wrap.job.cli import main  # noqa: E402
 from byol_wrap.job.data import find_image_paths, open_images  # noqa: E402
 from byol_wrap.job.encoder import export_encoder, load_encoder  # noqa: E402
 from byol_wrap.job.fingerprint import compare_fingerprints, fingerprint_files  # noqa: E402
-from byol_wrap.job.io import FileWriteError, atomic_save, atomic_write_text  # noqa: E402
+from byol_wrap.job.io import FileWriteError, atomic_save  # noqa: E402
 from byol_wrap.job.lock import LOCK_NAME, RunDirLocked, RunLock  # noqa: E402
 from byol_wrap.job.models import build_model, small_cnn  # noqa: E402
 from byol_wrap.job.rebuild import UntrustedSpecError, is_builtin_spec  # noqa: E402
@@ -243,7 +241,7 @@ def test_full_disk_at_every_run_file_is_a_one_line_stop(name, after, capsys, ima
     if checkpoint.exists():
         assert "intact" in line and str(checkpoint) in line
         torch.load(checkpoint, weights_only=True)  # complete
-    assert not [p for p in out.rglob("*.tmp")], "no temporary file left behind"
+    assert not list(out.rglob("*.tmp")), "no temporary file left behind"
     monkeypatch.undo()
     assert main(["pretrain", str(images), "--out", str(out), "--steps", "4", "--checkpoint-every", "2", *SMALL]) == 0
 
