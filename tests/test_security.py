@@ -435,6 +435,19 @@ def test_changed_data_is_detected_named_and_refused_unless_allowed(capsys, image
     assert main([*args, "--allow-data-change"]) == 0
     out_text = capsys.readouterr()
     assert "no longer match an uninterrupted run" in out_text.err + out_text.out
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 4
+
+
+def test_changed_data_under_epochs_says_how_to_keep_the_length(capsys, images, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    args = ["pretrain", str(images), "--out", str(out), "--epochs", "2", "--checkpoint-every", "1", *SMALL]
+    interrupt_at(monkeypatch, 1)
+    assert main(args) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    write_pngs(images, count=4, start=100)  # one more batch per epoch: --epochs 2 is now 6 steps, not 4
+    one_line(*cli(capsys, *args, "--allow-data-change"), 2, "--steps 4 keeps its length")
+    assert main([*args[:4], "--steps", "4", *args[6:], "--allow-data-change"]) == 0
 
 
 def test_fingerprints_against_hand_made_changes(tmp_path):

@@ -228,6 +228,8 @@ def resume_state(run_dir: os.PathLike, arguments: Dict[str, Any], overwrite: boo
             status = f"a finished run ({state['step']} steps)"
         else:
             given = f" ({saved['length']})" if saved.get("length") else ""
+            if change and any(d.startswith("total_steps:") for d in differences):  # --epochs over changed data
+                given = f" (--steps {saved.get('total_steps')} keeps its length on the changed data)"
             status = f"an unfinished run: resume it with the arguments it was started with{given}"
         raise RunError(
             f"{run_dir} holds a run started with other arguments ({'; '.join(differences)}), {status}; "
