@@ -334,8 +334,9 @@ def test_under_torchrun_rank_0_takes_the_lock_and_every_rank_stops(images, tmp_p
         refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0
     said = [line for line in refused.stderr.splitlines() if f"process {os.getpid()}" in line]
-    assert len(said) == 2 and all(line.startswith("byol-wrap pretrain: error: RUN_DIR") for line in said), \
-        refused.stderr  # rank 0's line, and rank 1's with rank 0's message: no rank waits for the other
+    # rank 0's line, and rank 1's with rank 0's message unless torchrun ended rank 1 first: no rank waits
+    assert 1 <= len(said) <= 2 and all(line.startswith("byol-wrap pretrain: error: RUN_DIR") for line in said), \
+        refused.stderr
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert not (out / LOCK_NAME).exists()
