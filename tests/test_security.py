@@ -645,3 +645,36 @@ def test_dataset_items_that_raise_are_skipped_and_reported_like_files(tmp_path, 
     assert "2 files skipped" in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"[05]\.png \(dataset\[[05]\]\)"):
         pretrain(dataset, out=tmp_path / "strict", epochs=1, strict=True, **SMALL_KW)
+
+
+def test_a_forked_child_does_not_keep_the_run_folder_locked(tmp_path):
+    """DataLoader workers are forked: a worker outliving a killed run must not hold its lock."""
+    import os
+    import signal
+    import time
+
+    from byol_wrap.job.lock import RunDirLocked, RunLock
+
+    read_fd, write_fd = os.pipe()
+    parent = os.fork()
+    if parent == 0:  # the "run": takes the lock, forks a long-lived "worker", then waits to be killed
+        try:
+            RunLock(tmp_path).acquire()
+            if os.fork() == 0:
+                time.sleep(30)
+                os._exit(0)
+            os.write(write_fd, b"locked")
+            time.sleep(30)
+        finally:
+            os._exit(0)
+    try:
+        assert os.read(read_fd, 6) == b"locked"
+        with pytest.raises(RunDirLocked):
+            RunLock(tmp_path).acquire()
+        os.kill(parent, signal.SIGKILL)
+        os.waitpid(parent, 0)
+        lock = RunLock(tmp_path).acquire()  # the orphaned worker is still alive, the lock is free
+        lock.release()
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)

@@ -25,11 +25,29 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Optional, Set, Tuple, Union
 
 __all__ = ["LOCK_NAME", "RunLock", "RunDirLocked", "lock_holder"]
 
 LOCK_NAME = ".byol-wrap.lock"
+
+# The descriptors of the locks this process holds. A forked child (a DataLoader worker) inherits them, and a
+# flock lasts while any copy is open: a worker that outlives a killed run would keep its folder locked. So
+# children close their copies at once; the lock stays with the process that took it.
+_HELD: Set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 class RunDirLocked(ValueError):
@@ -136,6 +154,7 @@ class RunLock:
                     same = False
                 if same:
                     self._fd = fd
+                    _HELD.add(fd)
                     self._write_owner(fd)
                     return self
                 _unlock(fd)
@@ -158,6 +177,9 @@ class RunLock:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        if fd not in _HELD:
+            return  # a forked child's copy of its parent's lock, closed at the fork: the parent's to release
+        _HELD.discard(fd)
         try:
             try:
                 os.unlink(self.path)  # while still holding it: see the module docstring
