@@ -126,6 +126,10 @@ def _resolve_by_python_name(app, env, node, contnode):
         if cls:
             candidates.append(f"{module}.{cls}.{target}")
         candidates.append(f"{module}.{target}")
+        if cls:  # a class documented where it is re-exported: look where it is defined too
+            owner = _import_object(f"{module}.{cls}")
+            if getattr(owner, "__module__", None):
+                candidates += [f"{owner.__module__}.{owner.__qualname__}.{target}", f"{owner.__module__}.{target}"]
     candidates.append(target)
     found = None
     for name in candidates:

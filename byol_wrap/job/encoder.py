@@ -246,7 +246,7 @@ def load_encoder(path: Union[str, Path], device: Union[str, torch.device] = "cpu
     Raises:
         FileNotFoundError: a missing file.
         RuntimeError: a truncated or foreign file.
-        UntrustedSpecError (a ValueError): the file records a spec outside the built-in families
+        UntrustedSpecError: (a ValueError) the file records a spec outside the built-in families
             (nothing imported; asks for ``model=``).
         RuntimeError: a built-in spec that cannot be built here (timm missing...; asks for ``model=``).
         ValueError: weights that do not fit ``model`` (listing the keys).
