@@ -296,8 +296,8 @@ def _as_job_dtype(data: np.ndarray) -> np.ndarray:
 
 def _composite(colour: np.ndarray, alpha: np.ndarray, scale: float) -> np.ndarray:
     """Colour bands over a white background (the photo rule for transparency), in the same sample type."""
-    a = np.clip(alpha.astype(np.float32) / scale, 0, 1)
-    out = colour.astype(np.float32) * a + scale * (1 - a)
+    a = np.clip(alpha.astype(np.float64) / scale, 0, 1)
+    out = colour.astype(np.float64) * a + scale * (1 - a)
     if colour.dtype.kind == "f":
         return out.astype(np.float32)
     return np.clip(np.rint(out), 0, np.iinfo(colour.dtype).max).astype(colour.dtype)
