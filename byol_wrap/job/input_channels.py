@@ -83,8 +83,9 @@ def rebuild_first_conv(net: nn.Module, channels: int) -> str:
     setattr(parent, name.rpartition(".")[2], new)
     if getattr(net, "transform_input", False):
         net.transform_input = False  # type: ignore[assignment]
+    padding = old.padding if isinstance(old.padding, str) else tuple(old.padding)
     return (f"first convolution {name} rebuilt for {channels} input channels (was {old.in_channels}): kernel "
-            f"{tuple(old.kernel_size)}, stride {tuple(old.stride)}, padding {old.padding if isinstance(old.padding, str) else tuple(old.padding)}")
+            f"{tuple(old.kernel_size)}, stride {tuple(old.stride)}, padding {padding}")
 
 
 def adapt_rgb_kernel(weight: Tensor, channels: int) -> Tensor:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .formats import DecodedImage, ImageFormatError, ImageInfo
+from .formats import DecodedImage, ImageFormatError, ImageInfo, inspect_image
 
 MAJORITY = 0.9          # share of the sampled files one channel count needs to be the run's
 HEADER_SAMPLE = 2000    # headers read to choose the format (evenly spread over the files)
@@ -37,7 +37,7 @@ STATS_SAMPLE = 2000     # images decoded for the per-channel statistics
 ChannelsArg = Union[str, int, None]
 
 __all__ = ["PixelFormat", "RGB8", "MAJORITY", "HEADER_SAMPLE", "STATS_SAMPLE", "parse_channels", "spread",
-           "choose_format", "conform", "to_device_float", "ChannelStatistics", "uses_data_statistics"]
+           "choose_format", "detect_format", "conform", "to_device_float", "ChannelStatistics", "uses_data_statistics"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class PixelFormat:
         return {"channels": self.channels, "dtype": self.dtype, "scale": self.scale}
 
     @classmethod
-    def from_dict(cls, value: Dict[str, Any]) -> "PixelFormat":
+    def from_dict(cls, value: Dict[str, Any]) -> PixelFormat:
         return cls(int(value["channels"]), str(value["dtype"]), float(value["scale"]))
 
 
@@ -146,9 +146,42 @@ def choose_format(infos: Sequence[Tuple[str, ImageInfo]], channels: ChannelsArg 
     fitting = [info for _, info in infos if _fits(info.channels, run)]
     dtype, scale = _sample_type(fitting)
     others = total - len(fitting)
-    message = (f"channels: {run} ({why}{f'; {others} sampled files with other channel counts will be skipped' if others else ''}); "
-               f"samples {dtype}, full intensity {scale:g}")
+    skipped = f"; {others} sampled files with other channel counts will be skipped" if others else ""
+    message = f"channels: {run} ({why}{skipped}); samples {dtype}, full intensity {scale:g}"
     return PixelFormat(run, dtype, scale), message
+
+
+def detect_format(paths: Sequence[str], channels: ChannelsArg = "auto",
+                  sample: int = HEADER_SAMPLE) -> Tuple[PixelFormat, str]:
+    """:func:`choose_format` from the headers of up to ``sample`` of ``paths`` (evenly spread);
+    files whose header cannot be read are left out of the choice (the loader skips them later).
+
+    Raises:
+        ValueError: as :func:`choose_format`, or when no sampled header is readable (with examples).
+
+    Example:
+        >>> import tempfile, numpy as np
+        >>> p = tempfile.mkdtemp() + "/a.npy"
+        >>> np.save(p, np.zeros((13, 32, 32), np.float32))
+        >>> detect_format([p])[0]
+        PixelFormat(channels=13, dtype='float32', scale=1.0)
+    """
+    chosen = spread(list(paths), sample)
+    infos: List[Tuple[str, ImageInfo]] = []
+    failures: List[Tuple[str, str]] = []
+    for path in chosen:
+        try:
+            infos.append((path, inspect_image(path)))
+        except ImageFormatError as error:
+            failures.append((path, str(error)))
+    if not infos:
+        example = f", e.g. {failures[0][0]}: {failures[0][1]}" if failures else ""
+        raise ValueError(f"none of the {len(chosen)} sampled image headers could be read{example}")
+    fmt, message = choose_format(infos, channels)
+    sampled = f"{len(chosen)} of {len(paths)} files' headers read" if len(chosen) < len(paths) else \
+        f"{len(chosen)} headers read"
+    bad = f", {len(failures)} unreadable" if failures else ""
+    return fmt, f"{message} ({sampled}{bad})"
 
 
 def _sample_type(infos: Iterable[ImageInfo]) -> Tuple[str, float]:

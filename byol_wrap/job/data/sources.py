@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .arrays import _is_digits, digits_dataset, load_npz_images
+from .channels import PixelFormat
 from .datasets import ImageFiles, ImageTensors, UserImages, _tensor_batch_to_uint8
 from .discovery import IMAGE_EXTENSIONS, find_image_paths
 from .geometry import Size
@@ -21,7 +22,8 @@ from .geometry import Size
 DataArg = Union[str, "os.PathLike[str]", Dataset, Tensor]
 
 
-def open_images(data: DataArg, load_size: Optional[Size], strict: bool = False) -> Dataset:
+def open_images(data: DataArg, load_size: Optional[Size], strict: bool = False,
+                fmt: Optional[PixelFormat] = None) -> Dataset:
     """The training images ``data`` names, as a Dataset of ``(image or None, index, reason)`` items.
 
     Args:
@@ -32,6 +34,8 @@ def open_images(data: DataArg, load_size: Optional[Size], strict: bool = False) 
         load_size: the decode size of image files (see :func:`default_load_size`); in-memory
             arrays keep their own size.
         strict: recorded on the dataset; loaders then raise at the first unreadable image.
+        fmt: the pixel format image files are decoded to (see :mod:`.channels`; the job detects
+            it with :func:`~byol_wrap.job.data.channels.detect_format`); None: uint8 RGB.
 
     Raises:
         FileNotFoundError: a path that does not exist.
@@ -65,4 +69,4 @@ def open_images(data: DataArg, load_size: Optional[Size], strict: bool = False) 
         raise ValueError(f"{path} {what} (searched recursively for {', '.join(IMAGE_EXTENSIONS)}, any case; "
                          f"hidden files and folders skipped); give a folder of images, a .npz with x_train "
                          f"or 'digits'")
-    return ImageFiles(paths, load_size, strict=strict, root=path)
+    return ImageFiles(paths, load_size, strict=strict, root=path, fmt=fmt)
