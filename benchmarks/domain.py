@@ -182,6 +182,7 @@ def loader_speed(args: argparse.Namespace) -> None:
     from PIL import Image
 
     from byol_wrap.job.data import open_images
+    from byol_wrap.job.data.channels import detect_format
 
     root = Path(args.root)
     rng = np.random.default_rng(0)
@@ -202,7 +203,12 @@ def loader_speed(args: argparse.Namespace) -> None:
                 bands = 4 if kind == "tiff16-4band" else 13
                 tifffile.imwrite(path, rng.integers(0, 65536, (bands, side, side), dtype=np.uint16),
                                  photometric="minisblack", planarconfig="separate")
-    datasets = {kind: open_images(str(root / kind), args.load_size) for kind in kinds}
+    datasets = {}
+    for kind in kinds:
+        paths = open_images(str(root / kind), args.load_size).paths  # type: ignore[attr-defined]
+        fmt, message = detect_format(paths)
+        print(f"{kind}: {message}")
+        datasets[kind] = open_images(str(root / kind), args.load_size, fmt=fmt)
     times: Dict[str, List[float]] = {kind: [] for kind in kinds}
     for _ in range(args.rounds):
         for kind, dataset in datasets.items():

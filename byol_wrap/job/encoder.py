@@ -184,9 +184,11 @@ def export_encoder(
 
 
 class Encoder(nn.Module):
-    """A trained backbone as a function of images: ``(N, 3, H, W)`` uint8 or float in [0, 1]
-    -> ``(N, representation_size)``; the training normalisation, hidden layer and pooling are
-    applied. ``meta`` is the encoder file's metadata.
+    """A trained backbone as a function of images: ``(N, C, H, W)`` uint8 (divided by 255), uint16
+    (divided by the run's full intensity, ``meta["pixel_format"]["scale"]``) or float (as the run
+    saw them: ``x / scale``) -> ``(N, representation_size)``; the training normalisation (the run's
+    per-channel statistics, or ImageNet's for 8-bit RGB), hidden layer and pooling are applied.
+    ``meta`` is the encoder file's metadata (``channels`` and ``pixel_format`` for runs that record them).
 
     Example:
         >>> from byol_wrap.job.models import small_cnn
@@ -204,7 +206,11 @@ class Encoder(nn.Module):
         self.meta: Dict[str, Any] = dict(meta or {})
 
     def forward(self, images: Tensor) -> Tensor:
-        x = to_float_images(images)
+        if images.dtype == torch.uint16:  # 16-bit samples: divided by the run's full intensity
+            fmt = self.meta.get("pixel_format") or {}
+            x = images.to(torch.float32).div_(float(fmt.get("scale", 65535.0)))
+        else:
+            x = to_float_images(images)
         dtype = next((p.dtype for p in self.net.parameters() if p.is_floating_point()), x.dtype)
         if self.normalizer is not None:
             x = self.normalizer(x)
@@ -262,7 +268,7 @@ def load_encoder(path: Union[str, Path], device: Union[str, torch.device] = "cpu
         image_size = meta.get("image_size")
         side = image_size if isinstance(image_size, int) else (image_size[0] if image_size else None)
         try:
-            model = build_model(spec, image_size=side)
+            model = build_model(spec, image_size=side, channels=int(meta.get("channels") or 3))
         except (ImportError, ValueError, TypeError, FileNotFoundError, AttributeError) as error:
             raise RuntimeError(f"encoder {path}: cannot rebuild model spec {spec!r} here ({error}); pass "
                                f"model=<a new instance of the same architecture>: load_encoder(path, model=net)"
@@ -318,6 +324,7 @@ def embed_images(
         >>> embed_images("run/encoder.pt", "photos/", "embeddings.npz")  # doctest: +SKIP
     """
     from .data import default_load_size, eval_images, make_loader, open_images
+    from .data.channels import meta_pixel_format
 
     out_file = Path(out_file)
     suffix = out_file.suffix.lower()
@@ -328,7 +335,8 @@ def embed_images(
     encoder = load_encoder(encoder_path, device, model=model)
     image_size = encoder.meta["image_size"]
     size = image_size if isinstance(image_size, int) else tuple(image_size)
-    dataset = open_images(data, default_load_size(size), strict=strict)
+    fmt = meta_pixel_format(encoder.meta)
+    dataset = open_images(data, default_load_size(size), strict=strict, fmt=fmt)
     loader = make_loader(dataset, min(batch_size, len(dataset)), workers=workers, drop_last=False,  # type: ignore[arg-type]
                          shuffle=False, strict=strict, pin_memory=torch.device(device).type == "cuda",
                          continuous=False)

@@ -37,7 +37,7 @@ STATS_SAMPLE = 2000     # images decoded for the per-channel statistics
 ChannelsArg = Union[str, int, None]
 
 __all__ = ["PixelFormat", "RGB8", "MAJORITY", "HEADER_SAMPLE", "STATS_SAMPLE", "parse_channels", "spread",
-           "choose_format", "detect_format", "conform", "to_device_float", "ChannelStatistics", "uses_data_statistics"]
+           "choose_format", "detect_format", "conform", "to_device_float", "meta_pixel_format", "ChannelStatistics", "uses_data_statistics"]
 
 
 @dataclass(frozen=True)
@@ -252,6 +252,17 @@ def to_device_float(images: Tensor, fmt: PixelFormat) -> Tensor:
         return images
     x = images.to(torch.float32)
     return x.div_(fmt.scale) if fmt.scale != 1.0 else x
+
+
+def meta_pixel_format(meta: Dict[str, Any]) -> Optional[PixelFormat]:
+    """The pixel format an ``encoder.pt``'s metadata records (None for encoders of 0.2, which read uint8 RGB).
+
+    Example:
+        >>> meta_pixel_format({"pixel_format": {"channels": 1, "dtype": "uint16", "scale": 4095}})
+        PixelFormat(channels=1, dtype='uint16', scale=4095.0)
+    """
+    value = meta.get("pixel_format")
+    return PixelFormat.from_dict(value) if isinstance(value, dict) else None
 
 
 def uses_data_statistics(fmt: PixelFormat) -> bool:
