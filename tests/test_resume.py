@@ -185,7 +185,7 @@ def test_logged_loss_is_the_mean_over_ranks(tmp_path):
     script = tmp_path / "mean.py"
     script.write_text(
         "import os\n"
-        "from byol_wrap.job.train import _World\n"
+        "from byol_wrap.job.world import World as _World\n"
         "world = _World('cpu')\n"
         "print(f'rank {world.rank}: {world.mean(float(world.rank + 1) ** 2)!r}', flush=True)\n"
         "world.close()\n"

@@ -22,6 +22,10 @@ class HiddenLayerNotRunError(RuntimeError):
     """The chosen hidden layer did not run during the net's forward pass."""
 
 
+class UnknownLayerError(ValueError):
+    """``hidden_layer`` names no module of the net, or a child index out of range."""
+
+
 class AmbiguousOutputError(ValueError):
     """The net's output (``hidden_layer=-1``) is a tuple or list of several tensors."""
 
@@ -59,7 +63,7 @@ def resolve_layer(net: nn.Module, hidden_layer: LayerSpec) -> Optional[str]:
     if isinstance(hidden_layer, int):
         children = [name for name, _ in net.named_children()]
         if not -len(children) <= hidden_layer < len(children):
-            raise ValueError(
+            raise UnknownLayerError(
                 f"hidden_layer={hidden_layer} is out of range: the net has {len(children)} children "
                 f"({', '.join(children)}). Use an index in [{-len(children)}, {len(children) - 1}], "
                 f"a dotted module name, or -1 for the net's output."
@@ -69,7 +73,7 @@ def resolve_layer(net: nn.Module, hidden_layer: LayerSpec) -> Optional[str]:
     if hidden_layer not in names:
         close = difflib.get_close_matches(hidden_layer, names, n=5, cutoff=0.4)
         hint = f"Closest names: {', '.join(close)}. " if close else ""
-        raise ValueError(
+        raise UnknownLayerError(
             f"hidden_layer {hidden_layer!r} is not a module of {type(net).__name__}. {hint}"
             f"byol_wrap.print_layers(net, image_size) prints every candidate with its output shape and "
             f"representation size (byol_wrap.list_layers returns them as dicts)."
