@@ -38,6 +38,19 @@ def _layer(value: str) -> Union[str, int]:
         return value
 
 
+def _channels(value: str) -> Union[str, int]:
+    """``auto`` or a positive channel count."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be auto or a positive integer, got {value!r}")
+    return count
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``byol-wrap`` argument parser.
 
@@ -66,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None, metavar="N",
                    help="side of the augmented views (default: 224 for image folders, 96 with byol_wrap/ models, "
                         "the arrays' own size for .npz, 32 for digits)")
+    p.add_argument("--channels", type=_channels, default="auto", metavar="auto|N",
+                   help="channels of the run: auto (default) takes the image files' own count from their headers "
+                        "(grey folder: 1, 4-band TIFFs: 4, colour photos with some grey files: 3); files that do "
+                        "not fit are converted where nothing is lost or skipped with the reason in skipped.txt")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="images per step and process (default: 128 on CPU, 256 on GPU)")
     length = p.add_mutually_exclusive_group()

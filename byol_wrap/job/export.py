@@ -38,7 +38,8 @@ def export_run(run_dir: Union[str, os.PathLike], out: Optional[Union[str, os.Pat
     if not meta.get("model_spec"):
         raise RunError(f"{path} is a run of a model given in Python ({state['arguments'].get('model')}); "
                        f"export it with byol_wrap.job.encoder.export_encoder(net, path, ...) from your own code")
-    net = build_model(meta["model_spec"], image_size=meta["image_size"])
+    channels = int((meta.get("extra") or {}).get("channels") or 3)
+    net = build_model(meta["model_spec"], image_size=meta["image_size"], channels=channels)
     prefix = "net."
     weights = {key[len(prefix):]: value for key, value in state["learner"].items() if key.startswith(prefix)}
     try:

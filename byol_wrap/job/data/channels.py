@@ -36,8 +36,11 @@ HEADER_SAMPLE = 2000    # headers read to choose the format (evenly spread over 
 STATS_SAMPLE = 2000     # images decoded for the per-channel statistics
 ChannelsArg = Union[str, int, None]
 
-__all__ = ["PixelFormat", "RGB8", "MAJORITY", "HEADER_SAMPLE", "STATS_SAMPLE", "parse_channels", "spread",
-           "choose_format", "detect_format", "conform", "to_device_float", "meta_pixel_format", "ChannelStatistics", "uses_data_statistics"]
+__all__ = [
+    "PixelFormat", "RGB8", "MAJORITY", "HEADER_SAMPLE", "STATS_SAMPLE", "parse_channels", "spread", "choose_format",
+    "detect_format", "conform", "to_device_float", "meta_pixel_format", "ChannelStatistics", "dataset_format",
+    "dataset_statistics", "uses_data_statistics",
+]
 
 
 @dataclass(frozen=True)
@@ -307,3 +310,85 @@ class ChannelStatistics:
     def normalization(self, floor: float = 1e-6) -> Tuple[List[float], List[float]]:
         """``(mean, std)`` for ``BYOL(normalize=...)``; a constant channel gets std 1 (not a division by 0)."""
         return self.mean(), [s if s > floor else 1.0 for s in self.std()]
+
+
+def dataset_format(dataset: Any, channels: ChannelsArg = "auto") -> Tuple[PixelFormat, str]:
+    """The pixel format of a training dataset, set on it, and the log line: image files get theirs
+    from their headers (:func:`detect_format`); in-memory arrays, digits and a user's Dataset are 8-bit RGB.
+
+    Raises:
+        ValueError: mixed channel counts (see :func:`choose_format`), or ``--channels`` other than
+            3 or auto for data that is not image files.
+
+    Example:
+        >>> from byol_wrap.job.data import open_images
+        >>> dataset_format(open_images("digits", 16))[0]
+        PixelFormat(channels=3, dtype='uint8', scale=255.0)
+    """
+    paths = getattr(dataset, "paths", None)
+    if paths is None or not hasattr(dataset, "pixel_format"):
+        requested = parse_channels(channels)
+        if requested not in (None, 3):
+            raise ValueError(f"--channels {requested} applies to folders of image files; this data is 8-bit RGB "
+                             f"in memory (digits, .npz, a Dataset): leave --channels at auto")
+        return RGB8, "channels: 3 (8-bit RGB images in memory)"
+    fmt, message = detect_format(paths, channels)
+    dataset.pixel_format = fmt
+    return fmt, message
+
+
+def dataset_statistics(dataset: Any, fmt: PixelFormat, workers: Optional[int] = None,
+                       sample: int = STATS_SAMPLE) -> Tuple[Tuple[List[float], List[float]], str]:
+    """Per-channel ``(mean, std)`` of up to ``sample`` images of ``dataset`` (evenly spread, decoded
+    at its load size, as floats ``x / fmt.scale``), and the log line saying what was measured.
+
+    Raises:
+        ValueError: no image of the sample could be decoded.
+
+    Example:
+        >>> from byol_wrap.job.data import open_images
+        >>> (mean, std), line = dataset_statistics(open_images("digits", 8), RGB8, workers=0, sample=64)
+        >>> len(mean), line.split(" from ")[1]
+        (3, '64 images (0 unreadable)')
+    """
+    from torch.utils.data import Dataset
+
+    from .loader import make_loader
+
+    indices = spread(list(range(len(dataset))), sample)
+
+    class _Sample(Dataset):
+        def __init__(self) -> None:
+            self.load_size = getattr(dataset, "load_size", (1, 1))
+            self.pixel_format = fmt
+            self.strict = False
+
+        def __len__(self) -> int:
+            return len(indices)
+
+        def __getitem__(self, i: int) -> Any:
+            image, _, reason = dataset[indices[i]]
+            return image, i, reason
+
+        def describe(self, i: int) -> str:
+            describe = getattr(dataset, "describe", None)
+            return str(describe(indices[i])) if describe else f"dataset[{indices[i]}]"
+
+    stats = ChannelStatistics(fmt.channels)
+    skipped = 0
+    loader = make_loader(_Sample(), min(64, len(indices)), workers=workers, drop_last=False, shuffle=False,
+                         continuous=False, strict=False)
+    try:
+        for batch in loader:
+            skipped += len(batch.skipped)
+            if len(batch.images):
+                stats.add(to_device_float(batch.images, fmt).to(torch.float32))
+    finally:
+        loader.close()
+    if stats.images == 0:
+        raise ValueError(f"none of the {len(indices)} images sampled for the per-channel statistics could be decoded")
+    mean, std = stats.normalization()
+    shown = ", ".join(f"{m:.4g}" for m in mean[:8]) + (", ..." if len(mean) > 8 else "")
+    shown_std = ", ".join(f"{s:.4g}" for s in std[:8]) + (", ..." if len(std) > 8 else "")
+    return (mean, std), (f"normalisation: per-channel mean [{shown}], std [{shown_std}] of x / {fmt.scale:g}, "
+                         f"from {stats.images} images ({skipped} unreadable)")
