@@ -97,7 +97,8 @@ def test_eight_band_file_in_rgb_run_and_corrupt_tiff_are_skipped_with_the_reason
     (photos / "zz_corrupt.tif").write_bytes(data[: len(data) // 4])
     pretrain(str(photos), out=tmp_path / "run", **{**FAST, "steps": 3})
     skipped = dict(line.split("\t") for line in (tmp_path / "run" / "skipped.txt").read_text().splitlines())
-    assert "8 channels" in skipped[str(photos / "zz_bands.tif")] and "--channels 8" in skipped[str(photos / "zz_bands.tif")]
+    reason = skipped[str(photos / "zz_bands.tif")]
+    assert "8 channels" in reason and "--channels 8" in reason
     assert skipped[str(photos / "zz_corrupt.tif")]
 
 
