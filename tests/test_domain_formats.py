@@ -228,3 +228,11 @@ def test_dicom_rescale_slope_and_intercept(tmp_path):
     assert (info.channels, info.dtype) == (1, "float32")
     np.testing.assert_array_equal(decode_image(str(tmp_path / "ct.dcm")).pixels[0], stored * 2.0 - 1024)
     assert pydicom is not None
+
+
+def test_lzw_tiff_without_imagecodecs_is_read_by_pillow_keeping_16_bits(tmp_path):
+    values = np.random.default_rng(4).integers(0, 65536, size=(9, 7), dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "l.tif", compression="tiff_lzw")
+    decoded = decode_image(str(tmp_path / "l.tif"))
+    assert decoded.pixels.dtype == np.uint16
+    np.testing.assert_array_equal(decoded.pixels[0], values)

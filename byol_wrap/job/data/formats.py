@@ -252,7 +252,9 @@ def _tiff_decode(path: str) -> DecodedImage:
                 data = np.stack([s.asarray() for s in series])
             else:
                 data = series[0].asarray()
-        except KeyError as error:  # a compression tifffile needs imagecodecs for
+        except (KeyError, ValueError) as error:  # a compression tifffile needs imagecodecs for
+            if "imagecodecs" not in str(error):
+                raise
             return _tiff_codec_fallback(path, str(error).strip("'\""))
         dtype, _ = _dtype_of(data.dtype)
         scale, _ = _tiff_scale(page, dtype)
