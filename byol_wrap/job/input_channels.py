@@ -126,10 +126,12 @@ def adapt_state_dict(state: Dict[str, Tensor], net: nn.Module, source: str) -> T
         return state, None
     name, conv = found
     key = f"{name}.weight" if name else "weight"
-    if key not in state or tuple(state[key].shape) == tuple(conv.weight.shape):
+    if key not in state or state[key].ndim != 4:
         return state, None
-    have, want = int(state[key].shape[1]) if state[key].ndim == 4 else -1, int(conv.in_channels)
-    if have != 3 or tuple(state[key].shape[:1] + state[key].shape[2:]) != (conv.out_channels, *conv.kernel_size):
+    have, want = int(state[key].shape[1]), int(conv.in_channels)
+    if have == want or tuple(state[key].shape[:1] + state[key].shape[2:]) != (conv.out_channels, *conv.kernel_size):
+        return state, None  # nothing to adapt; any other difference is reported by the state_dict check
+    if have != 3:
         raise ValueError(f"{source}: the first convolution {key} has shape {tuple(state[key].shape)}, which cannot be "
                          f"adapted to this {want}-channel network's {tuple(conv.weight.shape)} (only RGB kernels "
                          f"are adapted); give weights of a {want}-channel or an RGB network of the same architecture")
