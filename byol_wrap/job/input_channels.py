@@ -20,7 +20,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -71,8 +71,9 @@ def rebuild_first_conv(net: nn.Module, channels: int) -> str:
     if old.groups != 1:
         raise ValueError(f"the first convolution {name} of {type(net).__name__} is grouped (groups={old.groups}); "
                          f"it cannot be rebuilt for {channels} input channels")
-    new = nn.Conv2d(channels, old.out_channels, old.kernel_size, stride=old.stride, padding=old.padding,  # type: ignore[arg-type]
-                    dilation=old.dilation, groups=1, bias=old.bias is not None, padding_mode=old.padding_mode,
+    geometry: Any = (old.kernel_size, old.stride, old.padding, old.dilation)
+    new = nn.Conv2d(channels, old.out_channels, geometry[0], stride=geometry[1], padding=geometry[2],
+                    dilation=geometry[3], groups=1, bias=old.bias is not None, padding_mode=old.padding_mode,
                     device=old.weight.device, dtype=old.weight.dtype)
     with torch.no_grad():
         std = float(old.weight.std()) if old.weight.numel() > 1 else 1.0

@@ -129,9 +129,9 @@ class Run:
             self.image_size = positive_int("image_size", image_size)
         if self.is_digits:
             self.image_size = self.image_size if image_size is not None else 32
-            dataset = data_module.digits_dataset(self.image_size, strict)  # also when a folder named "digits" is here
-            self.pixel_format, _ = channels_module.dataset_format(dataset, self.options["channels"])
-            return dataset
+            digits = data_module.digits_dataset(self.image_size, strict)  # also when a folder named "digits" is here
+            self.pixel_format, _ = channels_module.dataset_format(digits, self.options["channels"])
+            return digits
         is_file_data = isinstance(data, (str, os.PathLike)) and not str(data).lower().endswith(".npz")
         if image_size is None and is_file_data:
             small = isinstance(model, str) and model.strip().startswith("byol_wrap/")

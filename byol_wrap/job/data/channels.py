@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 import torch
@@ -304,12 +304,12 @@ class ChannelStatistics:
         self.images += int(x.shape[0])
 
     def mean(self) -> List[float]:
-        return (self.total / max(self.pixels, 1)).tolist()  # type: ignore[no-any-return]
+        return cast(List[float], (self.total / max(self.pixels, 1)).tolist())
 
     def std(self) -> List[float]:
         mean = self.total / max(self.pixels, 1)
         variance = (self.squares / max(self.pixels, 1) - mean * mean).clamp_min(0)
-        return variance.sqrt().tolist()  # type: ignore[no-any-return]
+        return cast(List[float], variance.sqrt().tolist())
 
     def normalization(self, floor: float = 1e-6) -> Tuple[List[float], List[float]]:
         """``(mean, std)`` for ``BYOL(normalize=...)``; a constant channel gets std 1 (not a division by 0)."""

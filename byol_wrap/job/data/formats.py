@@ -43,6 +43,7 @@ from typing import Any, List, Optional, Tuple
 import numpy as np
 
 DICOM_EXTRA = 'pip install "byol-wrap[dicom]"'
+TRAIN_EXTRA = 'pip install "byol-wrap[train]"'
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 TIFF_EXTENSIONS = (".tif", ".tiff")
 ARRAY_EXTENSIONS = (".npy",)
@@ -146,7 +147,8 @@ def _pil_info(path: str) -> ImageInfo:
 def _pil_decode(path: str, draft_size: Optional[Tuple[int, int]]) -> DecodedImage:
     from PIL import Image, ImageOps
 
-    with Image.open(path) as image:
+    with Image.open(path) as opened:
+        image: Any = opened
         if draft_size is not None and image.format == "JPEG":
             image.draft("RGB" if image.mode != "L" else "L", (draft_size[1], draft_size[0]))
         image.load()
@@ -226,12 +228,20 @@ def _channels_from_axes(shape: Tuple[int, ...], axes: str) -> int:
     return int(np.prod([n for n, a in zip(shape, axes) if a not in "YX"], dtype=np.int64)) if len(axes) > 2 else 1
 
 
+def _import_tifffile() -> Any:
+    try:
+        import tifffile
+    except ImportError as error:
+        raise ImportError(f"reading TIFF files needs tifffile: {TRAIN_EXTRA}") from error
+    return tifffile
+
+
 def _tiff_info(path: str) -> ImageInfo:
-    import tifffile
+    tifffile = _import_tifffile()
 
     with tifffile.TiffFile(path) as tif:
         series, shape, axes, kind = _tiff_layout(tif)
-        page = tif.pages[0]
+        page: Any = tif.pages[0]
         dtype, _ = _dtype_of(np.dtype(series[0].dtype))
         scale, bits = _tiff_scale(page, dtype)
         total = _channels_from_axes(shape, axes)
@@ -242,11 +252,11 @@ def _tiff_info(path: str) -> ImageInfo:
 
 
 def _tiff_decode(path: str) -> DecodedImage:
-    import tifffile
+    tifffile = _import_tifffile()
 
     with tifffile.TiffFile(path) as tif:
         series, shape, axes, kind = _tiff_layout(tif)
-        page = tif.pages[0]
+        page: Any = tif.pages[0]
         try:
             if len(series) > 1:
                 data = np.stack([s.asarray() for s in series])
