@@ -5,6 +5,8 @@ Expected statistics and embeddings are computed here from the arrays the test wr
 not read back from the code under test."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -134,3 +136,13 @@ def test_timm_model_built_with_in_chans():
     pytest.importorskip("timm")
     net = build_model("timm/resnet18", channels=13)
     assert next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d)).in_channels == 13
+
+
+def test_knn_monitor_reads_class_folders_in_the_runs_format(tmp_path):
+    _grey16_folder(tmp_path / "train", count=10)
+    for label in ("a", "b"):
+        _grey16_folder(tmp_path / "knn" / label, count=5, seed=ord(label))
+    pretrain(str(tmp_path / "train"), out=tmp_path / "run", knn_data=str(tmp_path / "knn"), **FAST)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["knn"] for r in rows if "knn" in r], rows
+    assert not (tmp_path / "run" / "skipped.txt").exists()
