@@ -2,7 +2,7 @@
 
 Times T and T' (``byol_augmentation(side, view, channels=C)``) for C = 1, 3 (the paper's RGB
 pipeline, the baseline), 4 and 13 on the same batch size and side, and the jitter stage alone
-(:class:`~byol_wrap.augment_channels.IntensityJitter`, order per image and per batch, against
+(:class:`~byol_wrap.core.augment_channels.IntensityJitter`, order per image and per batch, against
 byol-wrap's RGB ``ColorJitter``). Calls are interleaved (one of each in turn, repeated) and
 summarised by their medians; the ratios divide by the RGB figure scaled to the same number of
 channels (milliseconds per channel).
@@ -22,8 +22,8 @@ import torch
 
 from benchmarks.color_jitter import interleaved
 from benchmarks.common import RESULTS_DIR, machine_description, write_json
-from byol_wrap.augment import ColorJitter, byol_augmentation
-from byol_wrap.augment_channels import IntensityJitter
+from byol_wrap.core.augment import ColorJitter, byol_augmentation
+from byol_wrap.core.augment_channels import IntensityJitter
 
 #: (image side, batch) pairs.
 CASES = ((32, 64), (96, 16))

@@ -14,8 +14,8 @@ import torchvision
 from torch import nn
 
 from byol_wrap import BYOL, byol_augmentation, default_augmentations
-from byol_wrap.augment import ColorJitter
-from byol_wrap.augment_channels import (
+from byol_wrap.core.augment import ColorJitter
+from byol_wrap.core.augment_channels import (
     CheckChannels,
     IntensityJitter,
     RandomSolarizeRange,
@@ -24,7 +24,7 @@ from byol_wrap.augment_channels import (
     adjust_gamma,
     solarize,
 )
-from byol_wrap.checks import ImageRangeWarning
+from byol_wrap.core.checks import ImageRangeWarning
 
 from helpers import assert_close_scaled
 

@@ -2,7 +2,7 @@
 
 For RGB (3 channels) they are the paper's; for any other channel count,
 :func:`byol_augmentation` builds their channel-agnostic counterpart from the stages in
-:mod:`byol_wrap.augment_channels` (docs/domain-imagery.md).
+:mod:`byol_wrap.core.augment_channels` (docs/domain-imagery.md).
 
 Every random parameter (crop box, flip, jitter factors, blur sigma, ...) is drawn
 independently for each image of the batch, on the batch's device. The order of the four colour
@@ -250,9 +250,9 @@ def byol_augmentation(
 
     ``channels=3`` (the default) gives the paper's T and T' for RGB, with Kornia. Any other
     count gives their channel-agnostic counterpart (docs/domain-imagery.md): the same crop,
-    flip, blur and probabilities, :class:`~byol_wrap.augment_channels.IntensityJitter`
+    flip, blur and probabilities, :class:`~byol_wrap.core.augment_channels.IntensityJitter`
     (brightness, contrast, gamma) in place of the colour jitter, no grayscale step, and
-    :class:`~byol_wrap.augment_channels.RandomSolarizeRange` in place of the solarization.
+    :class:`~byol_wrap.core.augment_channels.RandomSolarizeRange` in place of the solarization.
 
     Args:
         image_size: output size, an int or ``(H, W)``.

@@ -2,7 +2,7 @@
 
 The paper's colour stages (jitter of brightness, contrast, saturation and hue; grayscale;
 solarization) assume RGB in [0, 1]. For grayscale, multi-band or 16-bit/float data,
-:func:`byol_wrap.augment.byol_augmentation` with ``channels != 3`` uses these stages instead:
+:func:`byol_wrap.core.augment.byol_augmentation` with ``channels != 3`` uses these stages instead:
 
 - :class:`IntensityJitter`: brightness, contrast and gamma, factors drawn per sample (or per
   sample and channel), applied in a random order per sample, the whole stage with the paper's
@@ -13,8 +13,8 @@ solarization) assume RGB in [0, 1]. For grayscale, multi-band or 16-bit/float da
 Each operation is also a function on a batch (:func:`adjust_brightness`, :func:`adjust_contrast`,
 :func:`adjust_gamma`, :func:`solarize`). Where an operation needs a value range (gamma,
 solarization), it is ``value_range=(lo, hi)`` when given, else each image's own per-channel
-minimum and maximum. Random parameters are drawn on the CPU from torch's global generator (as
-Kornia does) and applied on the batch's device in its dtype.
+minimum and maximum. Random parameters are drawn on the CPU from torch's global generator and
+applied on the batch's device in its dtype.
 
 Example:
     >>> torch.manual_seed(0) is not None

@@ -147,10 +147,8 @@ class BYOL(nn.Module):
         projection_size: output size of projector and predictor (256 in the paper).
         projection_hidden_size: hidden size of both MLPs (4096 in the paper).
         augment_fn: replaces T, the first view's augmentation (any callable on a batch).
-            Given alone, it is used for both views. Without it, T and T' are the paper's
-            for 3-channel images and their channel-agnostic counterpart for any other
-            count C (``byol_augmentation(image_size, view, channels=C)``; docs/domain-imagery.md),
-            C being the first convolution's ``in_channels`` or ``input_shape[0]``.
+            Given alone, it is used for both views. Default: the paper's T for 3 channels, else
+            ``byol_augmentation(image_size, 1, channels=C)`` (docs/domain-imagery.md).
         augment_fn2: replaces T', the second view's augmentation.
         moving_average_decay: the EMA decay, the paper's ``tau_base`` (0.996).
         total_steps: number of :meth:`update_moving_average` calls in the run; when given,
@@ -438,13 +436,7 @@ class BYOL(nn.Module):
         always, for other channel counts, which work at any scale, when nothing normalises them)."""
         lo, hi = check_input_batch(x)
         if self.uses_default_augmentations and not self._range_warned:
-            rgb = self.input_shape[0] == 3
-            message = range_message(lo, hi) if rgb or self.normalizer is None else None
-            if message is not None and not rgb:
-                message = (f"float images span [{lo:.4g}, {hi:.4g}] and reach the net unnormalised: the "
-                           f"{self.input_shape[0]}-channel augmentations work at any scale, but pass "
-                           f"normalize=(mean, std) with your data's per-channel statistics (normalize='auto' "
-                           f"uses none for {self.input_shape[0]}-channel images). Warned once per learner.")
+            message = range_message(lo, hi, self.input_shape[0], normalized=self.normalizer is not None)
             if message is not None:
                 self._range_warned = True
                 warnings.warn(message, ImageRangeWarning, stacklevel=4)
