@@ -146,3 +146,20 @@ def test_knn_monitor_reads_class_folders_in_the_runs_format(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["knn"] for r in rows if "knn" in r], rows
     assert not (tmp_path / "run" / "skipped.txt").exists()
+
+
+def test_augmentation_figure_shows_grey_colour_and_false_colour():
+    from byol_wrap.job.monitor import display_images
+
+    grey = torch.rand(2, 1, 4, 4) * 0.0625  # 12-bit data in 16-bit files, as floats
+    shown, caption = display_images([grey, grey], stretch=True)
+    assert "grey" in caption and shown[0].shape == (2, 4, 4, 3)
+    assert torch.equal(shown[0][..., 0], shown[0][..., 1]) and torch.equal(shown[0][..., 1], shown[0][..., 2])
+    flat = grey.flatten()
+    lo, hi = torch.quantile(flat, 0.005), torch.quantile(flat, 0.995)
+    torch.testing.assert_close(shown[0][..., 0], ((grey[:, 0] - lo) / (hi - lo)).clamp(0, 1))
+    bands = torch.rand(2, 13, 4, 4)
+    shown, caption = display_images([bands], stretch=False)
+    assert "channels 1-3 of 13" in caption and "false colour" in caption
+    torch.testing.assert_close(shown[0], bands[:, :3].permute(0, 2, 3, 1))
+    assert "colour (R, G, B)" in display_images([torch.rand(1, 3, 2, 2)], stretch=False)[1]
