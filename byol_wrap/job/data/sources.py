@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -23,7 +23,7 @@ DataArg = Union[str, "os.PathLike[str]", Dataset, Tensor]
 
 
 def open_images(data: DataArg, load_size: Optional[Size], strict: bool = False,
-                fmt: Optional[PixelFormat] = None) -> Dataset:
+                exclude: Sequence[Union[str, os.PathLike[str]]] = (), fmt: Optional[PixelFormat] = None) -> Dataset:
     """The training images ``data`` names, as a Dataset of ``(image or None, index, reason)`` items.
 
     Args:
@@ -34,6 +34,8 @@ def open_images(data: DataArg, load_size: Optional[Size], strict: bool = False,
         load_size: the decode size of image files (see :func:`default_load_size`); in-memory
             arrays keep their own size.
         strict: recorded on the dataset; loaders then raise at the first unreadable image.
+        exclude: folders left out of a folder's scan (RUN_DIR inside the data folder). Folders that
+            cannot be read and links not followed are in the dataset's ``scan_skipped``.
         fmt: the pixel format image files are decoded to (see :mod:`.channels`; the job detects
             it with :func:`~byol_wrap.job.data.channels.detect_format`); None: uint8 RGB.
 
@@ -63,10 +65,15 @@ def open_images(data: DataArg, load_size: Optional[Size], strict: bool = False,
         return ImageTensors(load_npz_images(path), name=f"{path.name}:x_train", strict=strict)
     if load_size is None:
         raise ValueError("give load_size to decode image files")
-    paths = find_image_paths(path)
+    problems: List[Tuple[str, str]] = []
+    paths = find_image_paths(path, exclude=exclude, problems=problems)
     if not paths:
         what = "is not an image file" if path.is_file() else "holds no images"
+        if problems:
+            what += f" that can be read ({problems[0][0]}: {problems[0][1]})"
         raise ValueError(f"{path} {what} (searched recursively for {', '.join(IMAGE_EXTENSIONS)}, any case; "
                          f"hidden files and folders skipped); give a folder of images, a .npz with x_train "
                          f"or 'digits'")
-    return ImageFiles(paths, load_size, strict=strict, root=path, fmt=fmt)
+    dataset = ImageFiles(paths, load_size, strict=strict, root=path, fmt=fmt)
+    dataset.scan_skipped = problems
+    return dataset
