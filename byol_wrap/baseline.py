@@ -1,0 +1,94 @@
+"""The baseline every pretrained encoder must beat: the same architecture, untrained.
+
+``untrained_like(encoder)`` rebuilds the encoder's network with fresh random weights (seeded, without
+touching the caller's random state) and wraps it exactly as the encoder (hidden layer, pooling,
+normalisation), so the two are compared on the same footing by ``byol-wrap eval`` and in
+``neighbours.png``.
+
+How the fresh network is made, in order:
+
+1. ``model=``: a new instance of the architecture that the caller passes (copied, never modified);
+2. the encoder's spec when it is a built-in family (``torchvision/``, ``timm/``, ``byol_wrap/``),
+   built as ``pretrain`` builds it (no code named in a file is run);
+3. otherwise a copy of the trained network with ``reset_parameters()`` called on every submodule
+   that has it (a warning says so: parameters a module initialises outside ``reset_parameters``
+   keep their trained values).
+
+Example:
+    >>> import tempfile
+    >>> from byol_wrap.models import small_cnn
+    >>> from byol_wrap.encoder import export_encoder, load_encoder
+    >>> path = export_encoder(small_cnn(8), tempfile.mkdtemp() + "/e.pt", model_spec="byol_wrap/small_cnn:8",
+    ...                       hidden_layer=-1, image_size=16, normalize=None, representation_size=64, steps=0)
+    >>> untrained_like(load_encoder(path))(torch.zeros(1, 3, 16, 16, dtype=torch.uint8)).shape
+    torch.Size([1, 64])
+"""
+from __future__ import annotations
+
+import copy
+import re
+import warnings
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+__all__ = ["untrained_like", "is_built_in"]
+
+
+def is_built_in(spec: str) -> bool:
+    """True for a spec of a built-in family, which names no code to import (``"timm/x:y"`` does).
+
+    Example:
+        >>> is_built_in("torchvision/resnet18"), is_built_in("byol_wrap/small_cnn:8"), is_built_in("my.py:net")
+        (True, True, False)
+    """
+    return re.fullmatch(r"(torchvision|timm)/[^:/]+|byol_wrap/small_cnn(:\d+)?", spec.strip()) is not None
+
+
+def _fresh_net(encoder: Any, model: Optional[nn.Module]) -> nn.Module:
+    from .models import build_model
+
+    if model is not None:
+        return copy.deepcopy(model)
+    spec = encoder.meta.get("model_spec")
+    if isinstance(spec, str) and is_built_in(spec):
+        image_size = encoder.meta.get("image_size")
+        side = image_size if isinstance(image_size, int) else (image_size[0] if image_size else None)
+        return build_model(spec, image_size=side)
+    warnings.warn(f"the untrained baseline of {type(encoder.net).__name__} (spec {spec!r}) is the trained network "
+                  f"with reset_parameters() called on every module; pass model=<a new instance> for an exact "
+                  f"baseline", stacklevel=3)
+    net = copy.deepcopy(encoder.net)
+    for module in net.modules():
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
+        reset_stats = getattr(module, "reset_running_stats", None)
+        if callable(reset_stats):
+            reset_stats()
+    return net
+
+
+def untrained_like(encoder: Any, seed: int = 0, model: Optional[nn.Module] = None) -> Any:
+    """An :class:`~byol_wrap.encoder.Encoder` of the same architecture with fresh random weights.
+
+    Args:
+        encoder: the trained encoder (``load_encoder(...)``).
+        seed: seeds the initialisation (the caller's global random state is left as it was).
+        model: a new, untrained instance of the architecture (needed for a network given in
+            Python rather than by a built-in spec); it is copied, not changed.
+
+    Returns:
+        An encoder in eval mode on the trained encoder's device, ``meta["untrained"] = True``.
+    """
+    from .encoder import Encoder
+
+    device = next((p.device for p in encoder.net.parameters()), torch.device("cpu"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = _fresh_net(encoder, model)
+    meta = dict(encoder.meta, untrained=True, steps=0)
+    baseline = Encoder(net, encoder.extractor.layer, encoder.meta.get("normalize"),
+                       encoder.extractor.token_pool, meta)
+    return baseline.to(device).eval()
