@@ -1,0 +1,131 @@
+"""Issue 21: ``byol-wrap eval`` of the default runs against the untrained baseline, 3 seeds.
+
+For each data set and seed: ``byol-wrap pretrain`` (a subprocess, the command as a user runs it), then
+``byol_wrap.evaluate`` of its ``encoder.pt`` on the same data's labelled training split (kNN bank and
+probe training) and its own test split, timed. One JSON line per (data, seed) is appended to ``--out``
+right after the evaluation; rerunning skips the rows already there.
+
+- ``digits``: ``byol-wrap pretrain --out RUN --seed S`` (the built-in default: digits, byol_wrap/small_cnn,
+  300 steps); evaluated on the digits' 1438 / 359 split;
+- ``cifar``: ``byol-wrap pretrain cifar10_small.npz --out RUN --steps N --seed S`` (small_cnn, 32 px, batch
+  128, Adam 3e-4); evaluated on its 10 000 training / 2 000 test rows.
+
+Example (from the repository root)::
+
+    python -m benchmarks.evaluate --cifar ../shared/data/cifar10_small.npz --seeds 0 1 2 --cifar-steps 300 \\
+        --runs /tmp/eval_runs --out benchmarks/results/evaluate/runs.jsonl
+    python -m benchmarks.evaluate --report benchmarks/results/evaluate/runs.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _machine() -> str:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    import torch
+
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, load average {load:.2f}")
+
+
+def _done(out: Path) -> set:
+    if not out.exists():
+        return set()
+    return {(row["data"], row["seed"]) for row in map(json.loads, out.read_text().splitlines()) if row}
+
+
+def run(args: argparse.Namespace) -> None:
+    from byol_wrap.evaluate import evaluate, format_table
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = _done(out)
+    for data in args.data:
+        for seed in args.seeds:
+            if (data, seed) in done:
+                continue
+            run_dir = Path(args.runs) / f"{data}_seed{seed}"
+            command = [sys.executable, "-m", "byol_wrap", "pretrain"]
+            if data == "cifar":
+                command += [args.cifar, "--steps", str(args.cifar_steps)]
+            command += ["--out", str(run_dir), "--seed", str(seed), "--no-progress", "--overwrite"]
+            started = time.perf_counter()
+            subprocess.run(command, check=True, cwd=ROOT)
+            pretrain_seconds = time.perf_counter() - started
+            machine = _machine()
+            report = evaluate(run_dir / "encoder.pt", "digits" if data == "digits" else args.cifar, seed=seed,
+                              out=run_dir / "eval" / "report.json", progress=False)
+            print(format_table(report), flush=True)
+            row: Dict[str, Any] = {"data": data, "seed": seed, "command": " ".join(command[1:]),
+                                   "pretrain_seconds": pretrain_seconds, "machine": machine,
+                                   "results": {name: {"knn20": r["knn_top1"]["20"], "knn200": r["knn_top1"]["200"],
+                                                      "probe": r["linear_probe"]["top1"], "C": r["linear_probe"]["C"]}
+                                               for name, r in report["results"].items()},
+                                   "eval_seconds": report["seconds"], "train_images": report["train_images"],
+                                   "test_images": report["test_images"]}
+            with out.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+
+
+def _mean_sd(values: List[float]) -> str:
+    mean = statistics.mean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * mean:.1f} ± {100 * sd:.1f}"
+
+
+def report(path: Path) -> str:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = ["| data | net | kNN k=20 | kNN k=200 | linear probe | probe - kNN20 | eval time (s) | seeds |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for data in sorted({r["data"] for r in rows}, key=lambda d: d != "digits"):
+        group = [r for r in rows if r["data"] == data]
+        for net in ("encoder", "untrained"):
+            res = [r["results"][net] for r in group]
+            gaps = [x["probe"] - x["knn20"] for x in res]
+            seconds = statistics.mean(r["eval_seconds"]["total"] for r in group)
+            lines.append(f"| {data} | {net} | {_mean_sd([x['knn20'] for x in res])} | "
+                         f"{_mean_sd([x['knn200'] for x in res])} | {_mean_sd([x['probe'] for x in res])} | "
+                         f"{_mean_sd(gaps)} | {seconds:.0f} (both nets) | {len(group)} |")
+    lines.append("")
+    lines.append("Per seed (encoder / untrained, %): " + "; ".join(
+        f"{r['data']} seed {r['seed']}: kNN20 {100 * r['results']['encoder']['knn20']:.1f}/"
+        f"{100 * r['results']['untrained']['knn20']:.1f}, probe {100 * r['results']['encoder']['probe']:.1f}/"
+        f"{100 * r['results']['untrained']['probe']:.1f} (C {r['results']['encoder']['C']:g})" for r in rows))
+    lines.append("")
+    lines.append("Eval time split (mean s): " + "; ".join(
+        f"{data}: " + ", ".join(f"{k} {statistics.mean(r['eval_seconds'][k] for r in rows if r['data'] == data):.1f}"
+                                for k in ("load", "features", "knn", "linear_probe", "total"))
+        for data in sorted({r["data"] for r in rows})))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cifar", default=os.environ.get("BYOL_WRAP_DATA", "../shared/data/cifar10_small.npz"))
+    parser.add_argument("--data", nargs="+", default=["digits", "cifar"], choices=["digits", "cifar"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--cifar-steps", type=int, default=300)
+    parser.add_argument("--runs", default="/tmp/byol_wrap_eval_runs")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "evaluate" / "runs.jsonl"))
+    parser.add_argument("--report", default=None, metavar="RUNS_JSONL")
+    args = parser.parse_args()
+    if args.report:
+        print(report(Path(args.report)))
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
