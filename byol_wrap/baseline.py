@@ -55,11 +55,12 @@ def _fresh_net(encoder: Any, model: Optional[nn.Module]) -> nn.Module:
     if isinstance(spec, str) and is_built_in(spec):
         image_size = encoder.meta.get("image_size")
         side = image_size if isinstance(image_size, int) else (image_size[0] if image_size else None)
-        return build_model(spec, image_size=side)
+        built: nn.Module = build_model(spec, image_size=side)
+        return built
     warnings.warn(f"the untrained baseline of {type(encoder.net).__name__} (spec {spec!r}) is the trained network "
                   f"with reset_parameters() called on every module; pass model=<a new instance> for an exact "
                   f"baseline", stacklevel=3)
-    net = copy.deepcopy(encoder.net)
+    net: nn.Module = copy.deepcopy(encoder.net)
     for module in net.modules():
         reset = getattr(module, "reset_parameters", None)
         if callable(reset):

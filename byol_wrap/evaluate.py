@@ -102,7 +102,9 @@ def _decode_folder(files: List[str], size: Any, workers: Optional[int], bar: Any
 def _class_folders(path: Path) -> Tuple[List[str], List[str], List[int]]:
     from .data import find_image_paths
 
-    classes, files, labels = [], [], []
+    classes: List[str] = []
+    files: List[str] = []
+    labels: List[int] = []
     for name in sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
         found = find_image_paths(path / name)
         if found:
@@ -180,7 +182,7 @@ def read_labelled(data: PathLike, image_size: Any, *, workers: Optional[int] = N
             test = LabelledImages(xq, yq, [str(v) for v in sorted(set(yq.tolist()))], f"{path}:x_test")
             test = _align(test, train, raw_values=_values(y), names=names, role=f"{path}:x_test")
         return _check_classes(train, role, path), test
-    classes, files, labels = _class_folders(path)
+    classes, files, folder_labels = _class_folders(path)
     if len(classes) < 2:
         raise ValueError(f"{role} {path} needs one subfolder of images per class, at least 2 classes; found "
                          f"{len(classes)} class folder(s) with images")
@@ -192,7 +194,7 @@ def read_labelled(data: PathLike, image_size: Any, *, workers: Optional[int] = N
     if skipped:
         warnings.warn(f"{role}: {len(skipped)} unreadable file(s) left out, e.g. {skipped[0][0]}: {skipped[0][1]}",
                       stacklevel=2)
-    y = torch.tensor(labels, dtype=torch.int64)[kept]
+    y = torch.tensor(folder_labels, dtype=torch.int64)[kept]
     return _check_classes(LabelledImages(x, y, classes, str(path), skipped), role, path), None
 
 
@@ -251,7 +253,7 @@ def _read_test(data: PathLike, train: LabelledImages, image_size: Any, workers: 
         x, y, names = _npz_labelled(path, size, prefix)
         labels, classes = _relabel(y, names)
         return _align(LabelledImages(x, labels, classes, f"{path}:x_{prefix}"), train, role=f"{role} {path}")
-    classes, files, labels = _class_folders(path)
+    classes, files, folder_labels = _class_folders(path)
     if not classes:
         raise ValueError(f"{role} {path} has no class subfolder with images")
     bar = _bar(len(files), progress, "decode test")
@@ -262,7 +264,7 @@ def _read_test(data: PathLike, train: LabelledImages, image_size: Any, workers: 
     if skipped:
         warnings.warn(f"{role}: {len(skipped)} unreadable file(s) left out, e.g. {skipped[0][0]}: {skipped[0][1]}",
                       stacklevel=2)
-    y = torch.tensor(labels, dtype=torch.int64)[kept]
+    y = torch.tensor(folder_labels, dtype=torch.int64)[kept]
     return _align(LabelledImages(x, y, classes, str(path), skipped), train, role=f"{role} {path}")
 
 

@@ -27,7 +27,7 @@ import struct
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union, cast
 
 import torch
 from torch import Tensor, nn
@@ -54,7 +54,7 @@ def is_safetensors(path: PathLike) -> bool:
     if len(head) < 9 or head[8:9] != b"{":
         return False
     (length,) = struct.unpack("<Q", head[:8])
-    return 0 < length < os.path.getsize(path)
+    return bool(0 < length < os.path.getsize(path))
 
 
 def _import_safetensors() -> Any:
@@ -198,14 +198,15 @@ def _onnx_check(data: bytes, model: nn.Module, image_size: Any, rtol: float) -> 
     if got.shape != expected.shape:
         raise RuntimeError(f"the ONNX model returns shape {tuple(got.shape)}, PyTorch {tuple(expected.shape)}")
     scale = float(expected.abs().max())
-    error = float((got - expected).abs().max()) / max(scale, 1e-30)
-    if not error <= rtol:
-        raise RuntimeError(f"the ONNX model differs from PyTorch by {error:.2e} of the largest output (allowed "
-                           f"{rtol:g}); nothing written")
-    return error
+    difference = float((got - expected).abs().max()) / max(scale, 1e-30)
+    if not difference <= rtol:
+        raise RuntimeError(f"the ONNX model differs from PyTorch by {difference:.2e} of the largest output "
+                           f"(allowed {rtol:g}); nothing written")
+    return difference
 
 
-def export_onnx(encoder: Any, path: PathLike, *, rtol: float = ONNX_RTOL, opset: int = ONNX_OPSET) -> Tuple[Path, float]:
+def export_onnx(encoder: Any, path: PathLike, *, rtol: float = ONNX_RTOL,
+                opset: int = ONNX_OPSET) -> Tuple[Path, float]:
     """Write the encoder's embedding model as ONNX (checked with onnxruntime first); returns (path, error)."""
     from .io import atomic_write_bytes
 
@@ -221,12 +222,12 @@ def export_onnx(encoder: Any, path: PathLike, *, rtol: float = ONNX_RTOL, opset:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-        torch.onnx.export(model, (example,), buffer, dynamo=False, input_names=["images"],
+        torch.onnx.export(model, (example,), cast(Any, buffer), dynamo=False, input_names=["images"],
                           output_names=["embeddings"], opset_version=opset,
                           dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}})
     data = buffer.getvalue()
-    error = _onnx_check(data, model, image_size, rtol)
-    return atomic_write_bytes(path, data), error
+    difference = _onnx_check(data, model, image_size, rtol)
+    return atomic_write_bytes(path, data), difference
 
 
 # ----------------------------------------------------------------------------- the command

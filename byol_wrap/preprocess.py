@@ -41,8 +41,13 @@ def _size(image_size: Any) -> Size:
 
 def _one(item: Any, size: Size) -> Tensor:
     """One image as uint8 ``(3, H, W)`` at the encoder's size: embed's path for its kind."""
-    from .data import default_load_size, eval_images, read_image
-    from .data import _pil_to_tensor, _tensor_to_uint8  # the decoders embed's datasets use
+    from .data import (  # the decoders embed's datasets use
+        _pil_to_tensor,
+        _tensor_to_uint8,
+        default_load_size,
+        eval_images,
+        read_image,
+    )
 
     load_size = default_load_size(size)
     if isinstance(item, (str, os.PathLike)):

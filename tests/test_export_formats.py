@@ -12,6 +12,7 @@ from torch import nn
 from byol_wrap.encoder import export_encoder, load_encoder
 from byol_wrap.export_formats import export, read_safetensors
 from byol_wrap.models import build_model
+
 from helpers import assert_close_scaled
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,5 +1,4 @@
 """byol_wrap.neighbours: the neighbours against a brute-force search written out here, the seed's choice, the PNG."""
-from pathlib import Path
 
 import numpy as np
 import pytest

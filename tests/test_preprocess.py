@@ -11,6 +11,7 @@ Image = pytest.importorskip("PIL.Image")
 from byol_wrap.encoder import embed_images, export_encoder, load_encoder  # noqa: E402
 from byol_wrap.models import small_cnn  # noqa: E402
 from byol_wrap.preprocess import preprocess  # noqa: E402
+
 from helpers import assert_close_scaled  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
