@@ -29,7 +29,7 @@ from torch import nn
 
 from benchmarks.common import RESULTS_DIR, SmallCNN, knn_eval, load_data, resolve_data_path, run_steps
 from byol_wrap import BYOL, byol_augmentation
-from byol_wrap.augment import IMAGENET_MEAN, IMAGENET_STD
+from byol_wrap.core.augment import IMAGENET_MEAN, IMAGENET_STD
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -1,6 +1,6 @@
 """The colour jitter alone: byol-wrap's ``ColorJitter`` (order per batch, and per image) against Kornia's.
 
-Also the hue step alone: :func:`byol_wrap.augment.shift_hue` against ``kornia.enhance.adjust_hue``.
+Also the hue step alone: :func:`byol_wrap.core.augment.shift_hue` against ``kornia.enhance.adjust_hue``.
 Calls are interleaved (one of each in turn, repeated) and summarised by their medians.
 
 Example (from the repository root)::
@@ -21,7 +21,7 @@ import torch
 from kornia.enhance import adjust_hue
 
 from benchmarks.common import RESULTS_DIR, machine_description, median, write_json
-from byol_wrap.augment import ColorJitter, shift_hue
+from byol_wrap.core.augment import ColorJitter, shift_hue
 
 #: (image side, batch) pairs: the speed benchmark's 32 px batch 64 and 224 px batch 16.
 CASES = ((32, 64), (224, 16))

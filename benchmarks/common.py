@@ -18,9 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from byol_wrap import BYOL
-from byol_wrap.augment import imagenet_normalize
-from byol_wrap.data import load_labelled
-from byol_wrap.knn import knn_eval as byol_knn_eval
+from byol_wrap.core.augment import imagenet_normalize
+from byol_wrap.core.knn import knn_eval as byol_knn_eval
+from byol_wrap.job.data import load_labelled
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_ENV = "BYOL_WRAP_DATA"
@@ -117,7 +117,7 @@ normalize_images = imagenet_normalize
 # ---------------------------------------------------------------------------- kNN
 def knn_eval(net: SmallCNN, data: Dict[str, Tensor], k: int = 200, temperature: float = 0.1) -> float:
     """Weighted kNN top-1 (0-1) of ``net``'s features of un-augmented, normalised images:
-    bank = train split, queries = test split (:func:`byol_wrap.knn.knn_eval`, in eval mode)."""
+    bank = train split, queries = test split (:func:`byol_wrap.core.knn.knn_eval`, in eval mode)."""
     def encode(x: Tensor) -> Tensor:
         return net.forward_features(normalize_images(x))
 

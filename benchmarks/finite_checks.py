@@ -28,11 +28,9 @@ import torchvision
 from torch import nn
 
 from benchmarks.common import SmallCNN
-from byol_wrap import (
-    BYOL,
-    checks,
-)
-from byol_wrap.io import atomic_write_text
+from byol_wrap import BYOL
+from byol_wrap.core import checks
+from byol_wrap.job.io import atomic_write_text
 
 
 def models() -> Dict[str, Callable[[], nn.Module]]:

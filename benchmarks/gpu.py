@@ -18,7 +18,7 @@ Rows (each with and without ``torch.compile`` of the learner):
 
 plus, for byol-wrap's default augmentations, their share of a step (T and T' timed alone,
 interleaved with full steps), and a step whose batches come from JPEG files through the job
-layer's loader (``byol_wrap.data``: decoding in DataLoader workers, uint8 to the GPU).
+layer's loader (``byol_wrap.job.data``: decoding in DataLoader workers, uint8 to the GPU).
 
 Every row builds its learner fresh, runs ``--warmup`` steps (compilation happens there),
 then ``--steps`` timed steps with the device synchronised before and after each; images/s
@@ -231,11 +231,11 @@ def write_jpegs(folder: Path, count: int, size: int) -> None:
 
 
 def run_jpeg_loader(args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
-    """byol-wrap's default step with batches decoded from JPEG files by byol_wrap.data's loader."""
+    """byol-wrap's default step with batches decoded from JPEG files by byol_wrap.job.data's loader."""
     try:
-        from byol_wrap import data  # the job layer (pip install "byol-wrap[train]")
+        from byol_wrap.job import data  # the job layer (pip install "byol-wrap[train]")
     except ImportError as error:
-        return {"skipped": f"byol_wrap.data is not available here ({error}); the JPEG row needs the job layer"}
+        return {"skipped": f"byol_wrap.job.data is not available here ({error}); the JPEG row needs the job layer"}
     needed = args.batch_size * (args.warmup + args.steps)
     with contextlib.ExitStack() as stack:
         folder = Path(args.jpeg_dir) if args.jpeg_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
@@ -290,7 +290,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--jpeg-dir", help="a folder with at least batch x (warmup + steps) images for the JPEG "
                                            "row (default: generate them in a temporary folder)")
     parser.add_argument("--jpeg-size", type=int, default=320, help="side of the generated JPEGs")
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: byol_wrap.data's)")
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: byol_wrap.job.data's)")
     parser.add_argument("--tiny", action="store_true",
                         help="smoke test: tiny net, 16 px, batch 4, 1 + 1 steps, aot_eager compilation")
     parser.add_argument("--out", type=Path, default=RESULTS / "gpu.json")
@@ -337,7 +337,7 @@ def markdown(payload: Dict[str, Any]) -> str:
         lines += ["", f"Augmentation share: {share.get('error') or share.get('skipped')}"]
     jpeg = payload["results"].get("jpeg-loader")
     if jpeg and "images_per_s" in jpeg:
-        lines += ["", f"Step with batches from JPEG files (byol_wrap.data, {jpeg['workers']} workers, "
+        lines += ["", f"Step with batches from JPEG files (byol_wrap.job.data, {jpeg['workers']} workers, "
                       f"{jpeg['jpeg_folder']}): {jpeg['images_per_s']:.1f} images/s, median step "
                       f"{jpeg['median_step_s']:.4f} s of which {jpeg['median_data_wait_s']:.4f} s waiting for data."]
     elif jpeg:

@@ -1,7 +1,7 @@
 """The README's main job with channels-last views (today's default) against NCHW views, interleaved.
 
 Runs ``byol_wrap.pretrain(None, out=...)`` (the built-in digits, 300 steps) ``--repeats`` times per mode,
-alternating the modes. NCHW views are obtained by making ``byol_wrap.byol.wants_channels_last`` answer
+alternating the modes. NCHW views are obtained by making ``byol_wrap.core.byol.wants_channels_last`` answer
 False (what ``BYOL(memory_format="preserve")`` does; the job has no flag for it). Reports the training
 seconds and images/s the job prints, and the kNN accuracy after.
 
@@ -24,8 +24,8 @@ from benchmarks.common import RESULTS_DIR, machine_description, median, write_js
 
 def run_job(mode: str, out: Path) -> Dict[str, Any]:
     """One pretraining run of the README's job in ``mode`` (``"channels_last"`` or ``"nchw"``)."""
-    import byol_wrap.byol as byol_module
-    from byol_wrap.train import pretrain
+    import byol_wrap.core.byol as byol_module
+    from byol_wrap.job.train import pretrain
 
     original = byol_module.wants_channels_last
     if mode == "nchw":

@@ -35,9 +35,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 import torch
 
 from byol_wrap import BYOL
-from byol_wrap import data as D
-from byol_wrap.models import build_model, default_hidden_layer
-from byol_wrap.optim import byol_param_groups
+from byol_wrap.core.optim import byol_param_groups
+from byol_wrap.job import data as D
+from byol_wrap.job.models import build_model, default_hidden_layer
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_ENV = "BYOL_WRAP_DATA"
@@ -238,9 +238,9 @@ def monitoring_cost(images32: torch.Tensor, args: argparse.Namespace, work: Path
     """Per-piece costs of the trainer's monitoring, spread over their cadence, as a share of a step;
     and the monitored loop vs the plain loop (interleaved)."""
     try:
-        from byol_wrap import monitor as M
+        from byol_wrap.job import monitor as M
     except ImportError:  # pragma: no cover - monitor.py is J2's; TODO(lead) if it moved
-        return {"error": "byol_wrap.monitor not importable"}
+        return {"error": "byol_wrap.job.monitor not importable"}
     side = args.monitor_size
     decoded = D.resize_center_crop(images32, D.default_load_size(side))
     device = torch.device(args.device)
@@ -468,7 +468,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         result["scan"] = scan_cost(args.scan_files, work, log)
     result["load_average_end"] = os.getloadavg()[0]
     log(f"load average at the end: {result['load_average_end']:.1f}")
-    from byol_wrap.io import atomic_write_text
+    from byol_wrap.job.io import atomic_write_text
 
     atomic_write_text(out / f"{args.name}.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(out / f"{args.name}.md", markdown(result))

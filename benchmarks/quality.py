@@ -66,8 +66,8 @@ from benchmarks.common import (
     run_steps,
 )
 from byol_wrap import BYOL
-from byol_wrap.knn import embed, knn_accuracy
-from byol_wrap.optim import byol_param_groups
+from byol_wrap.core.knn import embed, knn_accuracy
+from byol_wrap.core.optim import byol_param_groups
 
 OUT_DIR = RESULTS_DIR / "quality"
 SPLITS = ("cifar-a", "cifar-b", "digits", "synthetic")

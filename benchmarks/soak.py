@@ -32,8 +32,8 @@ from torch import nn
 
 from benchmarks.common import SmallCNN
 from byol_wrap import BYOL
-from byol_wrap.io import atomic_write_text
-from byol_wrap.optim import byol_param_groups
+from byol_wrap.core.optim import byol_param_groups
+from byol_wrap.job.io import atomic_write_text
 
 
 def rss_mb() -> float:

@@ -54,7 +54,7 @@ import torchvision
 from torch import Tensor, nn
 
 from benchmarks.common import RESULTS_DIR, SmallCNN, machine_description, make_learner, median, write_json
-from byol_wrap.ema import ema_update_
+from byol_wrap.core.ema import ema_update_
 
 SPEED_CONTESTANTS = ("ideal", "ideal-concat", "ideal-channels-last", "byol-wrap", "byol-wrap-preserve",
                      "byol-wrap-one-pass", "byol-wrap-per-view",
@@ -193,7 +193,7 @@ def time_steps(names: Sequence[str], arch: str, image_size: int, batch_size: int
 
 def augment_stage_times(image_size: int, batch_size: int, repeats: int) -> Dict[str, Dict[str, float]]:
     """Median milliseconds of each stage of the default T and T' on a batch (which stage dominates)."""
-    from byol_wrap.augment import default_augmentations
+    from byol_wrap.core.augment import default_augmentations
 
     x = torch.rand(batch_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     out: Dict[str, Dict[str, float]] = {}

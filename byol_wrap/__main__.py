@@ -1,7 +1,7 @@
-"""``python -m byol_wrap ...`` runs the ``byol-wrap`` command (see :mod:`byol_wrap.cli`)."""
+"""``python -m byol_wrap ...`` runs the ``byol-wrap`` command (see :mod:`byol_wrap.job.cli`)."""
 import sys
 
-from .cli import main
+from .job.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

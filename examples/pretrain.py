@@ -14,8 +14,8 @@ import argparse
 
 import torch
 
-from byol_wrap.encoder import load_encoder
-from byol_wrap.train import pretrain
+from byol_wrap.job.encoder import load_encoder
+from byol_wrap.job.train import pretrain
 
 
 def main() -> None:

@@ -11,11 +11,11 @@ from torch import nn
 
 import byol_wrap
 from byol_wrap import BYOL
-from byol_wrap.augment import IMAGENET_MEAN
-from byol_wrap.ema import cosine_tau
-from byol_wrap.heads import MLP, resolve_sync_batchnorm
-from byol_wrap.hooks import HiddenLayerNotRunError, RepresentationExtractor
-from byol_wrap.optim import paper_optimizer_and_scheduler, weight_decay_groups
+from byol_wrap.core.augment import IMAGENET_MEAN
+from byol_wrap.core.ema import cosine_tau
+from byol_wrap.core.heads import MLP, resolve_sync_batchnorm
+from byol_wrap.core.hooks import HiddenLayerNotRunError, RepresentationExtractor
+from byol_wrap.core.optim import paper_optimizer_and_scheduler, weight_decay_groups
 
 from conftest import SmallCNN
 from helpers import imagenet_normalize_by_hand
@@ -49,7 +49,7 @@ def test_old_building_block_names_stay_importable_without_warning():
         from byol_wrap import MLP as mlp
         from byol_wrap import cosine_tau as tau
         from byol_wrap import pool
-    from byol_wrap.pooling import pool as pooling_pool
+    from byol_wrap.core.pooling import pool as pooling_pool
 
     assert mlp is MLP and tau is cosine_tau and mean == IMAGENET_MEAN and pool is pooling_pool
 
@@ -89,8 +89,8 @@ def test_top_level_renamed_functions_warn_and_work():
 
 
 def test_module_level_aliases_warn_and_work():
-    from byol_wrap.heads import use_sync_batchnorm
-    from byol_wrap.optim import param_groups
+    from byol_wrap.core.heads import use_sync_batchnorm
+    from byol_wrap.core.optim import param_groups
 
     with pytest.warns(DeprecationWarning, match="resolve_sync_batchnorm"):
         assert use_sync_batchnorm(True) is True and use_sync_batchnorm(None) is resolve_sync_batchnorm(None)
@@ -184,8 +184,8 @@ def test_normalize_runs_after_the_default_augmentations():
 
 
 def test_names_moved_out_of_hooks_still_import_from_there_with_a_warning():
-    from byol_wrap import layers, pooling, probe
+    from byol_wrap.core import layers, pooling, probe
 
     for name, module in (("pool", pooling), ("infer_input_shape", probe), ("list_layers", layers)):
         with pytest.warns(DeprecationWarning, match=f"moved to {module.__name__}"):
-            assert getattr(__import__("byol_wrap.hooks", fromlist=[name]), name) is getattr(module, name)
+            assert getattr(__import__("byol_wrap.core.hooks", fromlist=[name]), name) is getattr(module, name)

@@ -18,7 +18,7 @@ import torchvision
 from torch import Tensor, nn
 
 from byol_wrap import BYOL, list_layers
-from byol_wrap.hooks import resolve_layer
+from byol_wrap.core.hooks import resolve_layer
 
 from conftest import SmallCNN  # a user's own backbone, with any number of input channels
 from helpers import assert_close_scaled, imagenet_normalize_by_hand

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from byol_wrap.batchnorm import batchnorm_layers, inside_batchnorm, per_view_batchnorm, uses_batch_statistics
+from byol_wrap.core.batchnorm import batchnorm_layers, inside_batchnorm, per_view_batchnorm, uses_batch_statistics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

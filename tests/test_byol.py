@@ -9,8 +9,8 @@ import torchvision
 from torch import nn
 
 from byol_wrap import BYOL
-from byol_wrap.ema import cosine_tau
-from byol_wrap.hooks import HiddenLayerNotRunError
+from byol_wrap.core.ema import cosine_tau
+from byol_wrap.core.hooks import HiddenLayerNotRunError
 
 from conftest import SmallCNN
 from helpers import assert_close_scaled, imagenet_normalize_by_hand, train_steps

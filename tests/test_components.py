@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from byol_wrap import byol_augmentation, default_augmentations
-from byol_wrap.augment import blur_kernel_size
-from byol_wrap.ema import cosine_tau, ema_update_
-from byol_wrap.heads import MLP, resolve_sync_batchnorm
-from byol_wrap.loss import byol_loss, symmetric_byol_loss
+from byol_wrap.core.augment import blur_kernel_size
+from byol_wrap.core.ema import cosine_tau, ema_update_
+from byol_wrap.core.heads import MLP, resolve_sync_batchnorm
+from byol_wrap.core.loss import byol_loss, symmetric_byol_loss
 
 from helpers import assert_close_scaled
 
@@ -224,7 +224,7 @@ def test_shift_hue_matches_colorsys_and_kornia():
 
     from kornia.enhance import adjust_hue
 
-    from byol_wrap.augment import shift_hue
+    from byol_wrap.core.augment import shift_hue
 
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(6, 3, 5, 7, generator=generator, dtype=torch.float64)
@@ -246,7 +246,7 @@ def test_shift_hue_matches_colorsys_and_kornia():
 
 
 def test_default_colour_jitter_order_per_batch_per_image_on_request_and_the_fast_hue_step():
-    import byol_wrap.augment as augment
+    import byol_wrap.core.augment as augment
 
     calls = []
     original = augment.shift_hue
@@ -288,7 +288,7 @@ def test_colour_jitter_applies_each_images_own_order(per_image_order):
         adjust_saturation_with_gray_subtraction,
     )
 
-    from byol_wrap.augment import JITTER_FACTORS, ColorJitter
+    from byol_wrap.core.augment import JITTER_FACTORS, ColorJitter
 
     reference_steps = (adjust_brightness_accumulative, adjust_contrast_with_mean_subtraction,
                        adjust_saturation_with_gray_subtraction, lambda x, turns: adjust_hue(x, turns * 2 * math.pi))
@@ -317,7 +317,7 @@ def test_colour_jitter_applies_each_images_own_order(per_image_order):
 
 
 def test_colour_jitter_orders_are_uniform_permutations():
-    from byol_wrap.augment import ColorJitter
+    from byol_wrap.core.augment import ColorJitter
 
     torch.manual_seed(0)
     orders = ColorJitter(0.4, 0.4, 0.2, 0.1).generate_parameters(torch.Size((4800, 3, 4, 4)))["sample_order"]
@@ -327,7 +327,7 @@ def test_colour_jitter_orders_are_uniform_permutations():
 
 
 def test_shift_hue_refuses_what_is_not_rgb_or_a_wrong_number_of_angles():
-    from byol_wrap.augment import shift_hue
+    from byol_wrap.core.augment import shift_hue
 
     with pytest.raises(ValueError, match="RGB"):
         shift_hue(torch.rand(2, 1, 4, 4), 0.1)

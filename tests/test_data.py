@@ -1,4 +1,4 @@
-"""byol_wrap.data: discovery, decoding of every colour mode to RGB, skipped files with reasons,
+"""byol_wrap.job.data: discovery, decoding of every colour mode to RGB, skipped files with reasons,
 strict mode, npz/digits/Dataset inputs, labelled kNN data, deterministic sharded loaders."""
 import io
 import os
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from byol_wrap import data as D
+from byol_wrap.job import data as D
 
 PIL = pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402

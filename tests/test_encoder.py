@@ -1,4 +1,4 @@
-"""byol_wrap.encoder: encoder.pt round trip against the trained net's own forward (no hooks),
+"""byol_wrap.job.encoder: encoder.pt round trip against the trained net's own forward (no hooks),
 rebuild from specs, clear errors, embed rows = readable images = load_encoder outputs."""
 import csv
 import textwrap
@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from byol_wrap import BYOL
-from byol_wrap.data import default_load_size, read_image
-from byol_wrap.encoder import embed_images, export_encoder, load_encoder
-from byol_wrap.models import build_model, small_cnn
+from byol_wrap.job.data import default_load_size, read_image
+from byol_wrap.job.encoder import embed_images, export_encoder, load_encoder
+from byol_wrap.job.models import build_model, small_cnn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

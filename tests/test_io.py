@@ -1,4 +1,4 @@
-"""byol_wrap.io: atomic writes leave the old file or the new one, never a mix or a temp file;
+"""byol_wrap.job.io: atomic writes leave the old file or the new one, never a mix or a temp file;
 load_torch_file names the file and the problem."""
 import pickle
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from byol_wrap.io import atomic_save, atomic_write, atomic_write_bytes, atomic_write_text, load_torch_file
+from byol_wrap.job.io import atomic_save, atomic_write, atomic_write_bytes, atomic_write_text, load_torch_file
 
 
 def _listing(folder):
@@ -117,11 +117,11 @@ def test_kill_9_during_writes_leaves_old_or_new(tmp_path):
     import sys
     import time
 
-    from byol_wrap.io import remove_temporary_files, temporary_files
+    from byol_wrap.job.io import remove_temporary_files, temporary_files
 
     path = tmp_path / "last.pt"
     atomic_save({"version": -1, "w": torch.zeros(200_000)}, path)
-    code = ("import sys, torch; from byol_wrap.io import atomic_save\n"
+    code = ("import sys, torch; from byol_wrap.job.io import atomic_save\n"
             "for i in range(10**6):\n"
             "    atomic_save({'version': i, 'w': torch.full((200_000,), float(i))}, sys.argv[1])\n"
             "    print(i, flush=True)\n")

@@ -15,9 +15,9 @@ import torchvision
 from torch import Tensor, nn
 
 from byol_wrap import BYOL, list_layers, print_layers
-from byol_wrap.hooks import RepresentationExtractor
-from byol_wrap.layers import format_layers
-from byol_wrap.pooling import pool, prefix_token_count
+from byol_wrap.core.hooks import RepresentationExtractor
+from byol_wrap.core.layers import format_layers
+from byol_wrap.core.pooling import pool, prefix_token_count
 
 from helpers import imagenet_normalize_by_hand
 

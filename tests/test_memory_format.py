@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from byol_wrap import BYOL
-from byol_wrap.memory_format import channels_last_problem, wants_channels_last
+from byol_wrap.core.memory_format import channels_last_problem, wants_channels_last
 
 from helpers import assert_close_scaled, assert_tensors_close
 

@@ -1,4 +1,4 @@
-"""byol_wrap.models: specs build the named nets (nothing downloaded), default hidden layers give the
+"""byol_wrap.job.models: specs build the named nets (nothing downloaded), default hidden layers give the
 family's pooled pre-logit features (checked against hook-free computations), clear errors."""
 import subprocess
 import sys
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from byol_wrap.hooks import RepresentationExtractor, resolve_layer
-from byol_wrap.models import build_model, default_hidden_layer, small_cnn
+from byol_wrap.core.hooks import RepresentationExtractor, resolve_layer
+from byol_wrap.job.models import build_model, default_hidden_layer, small_cnn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def test_timm_models_are_built_headless(name):
     ("resnet18", r"did you mean torchvision/resnet18\?"),
     ("nonsense", r"use one of: torchvision/<name>"),
     ("no_such_module_xyz:build", r"cannot import module 'no_such_module_xyz'"),
-    ("byol_wrap.models:smal_cnn", r"has no attribute 'smal_cnn'; close names: small_cnn"),
+    ("byol_wrap.job.models:smal_cnn", r"has no attribute 'smal_cnn'; close names: small_cnn"),
 ])
 def test_unknown_specs_suggest_close_names(spec, expected):
     with pytest.raises(ValueError, match=expected):
@@ -92,7 +92,7 @@ def test_unknown_specs_suggest_close_names(spec, expected):
 
 
 def test_module_and_file_callables(tmp_path):
-    assert isinstance(build_model("byol_wrap.models:small_cnn"), nn.Sequential)
+    assert isinstance(build_model("byol_wrap.job.models:small_cnn"), nn.Sequential)
     source = tmp_path / "my_nets.py"
     source.write_text(textwrap.dedent("""
         from torch import nn
@@ -157,7 +157,7 @@ def test_timm_headless_model_takes_a_classifier_checkpoint(tmp_path):
 
 @pytest.mark.integration
 def test_core_import_stays_light():
-    code = ("import sys, byol_wrap, byol_wrap.io, byol_wrap.models, byol_wrap.data, byol_wrap.encoder\n"
+    code = ("import sys, byol_wrap, byol_wrap.job.io, byol_wrap.job.models, byol_wrap.job.data, byol_wrap.job.encoder\n"
             "print(sorted(m for m in ('PIL', 'timm', 'sklearn', 'matplotlib', 'tensorboard') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

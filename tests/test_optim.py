@@ -1,4 +1,4 @@
-"""The paper's optimisation recipe (byol_wrap.optim) against hand-computed values."""
+"""The paper's optimisation recipe (byol_wrap.core.optim) against hand-computed values."""
 import math
 
 import pytest
@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from byol_wrap import BYOL, byol_param_groups, paper_optimizer_and_scheduler
-from byol_wrap.ema import cosine_tau
-from byol_wrap.optim import lars_optimizer, scaled_lr, warmup_cosine, warmup_cosine_scheduler, weight_decay_groups
+from byol_wrap.core.ema import cosine_tau
+from byol_wrap.core.optim import lars_optimizer, scaled_lr, warmup_cosine, warmup_cosine_scheduler, weight_decay_groups
 
 from helpers import assert_close_scaled
 

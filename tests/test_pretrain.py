@@ -16,9 +16,9 @@ pytest.importorskip("tqdm")
 pytest.importorskip("matplotlib")
 Image = pytest.importorskip("PIL.Image")
 
-from byol_wrap.checkpoint import RunError, TrainingStopped, compare_arguments, resume_state  # noqa: E402
-from byol_wrap.monitor import collapse_metric  # noqa: E402
-from byol_wrap.train import pretrain  # noqa: E402
+from byol_wrap.job.checkpoint import RunError, TrainingStopped, compare_arguments, resume_state  # noqa: E402
+from byol_wrap.job.monitor import collapse_metric  # noqa: E402
+from byol_wrap.job.train import pretrain  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -96,9 +96,9 @@ def test_skipped_txt_names_exactly_the_broken_files(folder_run):
 
 
 def test_encoder_loads_and_embeds(folder_run, tmp_path, capsys):
-    from byol_wrap.cli import main
-    from byol_wrap.data import default_load_size, eval_images, read_image
-    from byol_wrap.encoder import load_encoder
+    from byol_wrap.job.cli import main
+    from byol_wrap.job.data import default_load_size, eval_images, read_image
+    from byol_wrap.job.encoder import load_encoder
 
     root, out, encoder, broken = folder_run
     target = tmp_path / "emb.npz"
@@ -118,7 +118,7 @@ def test_encoder_loads_and_embeds(folder_run, tmp_path, capsys):
 
 
 def test_export_command_rebuilds_the_same_encoder(folder_run, tmp_path):
-    from byol_wrap.cli import main
+    from byol_wrap.job.cli import main
 
     _, out, encoder, _ = folder_run
     assert main(["export", str(out), "--out", str(tmp_path / "again.pt")]) == 0
@@ -171,11 +171,11 @@ def test_full_disk_during_a_checkpoint_stops_and_keeps_the_last_one(tmp_path, mo
 
 
 def test_nan_loss_stops_without_touching_the_last_checkpoint(tmp_path, monkeypatch):
-    import byol_wrap.byol
+    import byol_wrap.core.byol
 
     data = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8)
     out = tmp_path / "run"
-    forward = byol_wrap.byol.BYOL.forward
+    forward = byol_wrap.core.byol.BYOL.forward
     calls = {"n": 0}
 
     def diverging(self, x, *args, **kwargs):
@@ -186,7 +186,7 @@ def test_nan_loss_stops_without_touching_the_last_checkpoint(tmp_path, monkeypat
                 return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(byol_wrap.byol.BYOL, "forward", diverging)
+    monkeypatch.setattr(byol_wrap.core.byol.BYOL, "forward", diverging)
     with pytest.raises(TrainingStopped) as error:
         pretrain(data, out=out, steps=6, checkpoint_every=2, **SMALL)
     message = str(error.value)
@@ -276,7 +276,7 @@ def test_the_builtin_default_is_not_shadowed_by_a_folder_named_digits(tmp_path, 
 def test_the_logged_loss_goes_through_the_mean_over_ranks(tmp_path, monkeypatch):
     """metrics.jsonl logs ``_World.mean(loss)`` (the mean over torchrun's ranks; the loss itself alone).
     A stand-in mean that adds 100 shows the logged value is the mean's, not the local loss."""
-    from byol_wrap import train
+    from byol_wrap.job import world
 
     calls = []
 
@@ -284,7 +284,7 @@ def test_the_logged_loss_goes_through_the_mean_over_ranks(tmp_path, monkeypatch)
         calls.append(value)
         return value + 100.0
 
-    monkeypatch.setattr(train._World, "mean", mean_plus_100)
+    monkeypatch.setattr(world.World, "mean", mean_plus_100)
     root = tmp_path / "images"
     write_images(root)
     pretrain(root, out=tmp_path / "run", steps=3, checkpoint_every=3, log_every=1, **SMALL)
@@ -292,3 +292,39 @@ def test_the_logged_loss_goes_through_the_mean_over_ranks(tmp_path, monkeypatch)
     logged = [row["loss"] for row in rows if "loss" in row]
     assert len(calls) == 3 and logged == [value + 100.0 for value in calls], (logged, calls)
     assert all(0.0 <= value <= 8.0 for value in calls), calls  # 2 - 2 cos, summed over both directions
+
+
+def test_threads_apply_to_the_run_and_are_restored_after(tmp_path, capsys):
+    before = torch.get_num_threads()
+    seen = []
+    original = torch.Tensor.backward
+
+    def spy(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(self, *args, **kwargs)
+
+    torch.Tensor.backward = spy  # a test-local spy on torch, not on a user's module
+    try:
+        pretrain(out=tmp_path / "run", steps=8, threads=1, image_size=16, batch_size=8, projection_size=16,
+                 projection_hidden_size=32, progress=True)
+    finally:
+        torch.Tensor.backward = original
+    assert seen and set(seen) == {1}, seen
+    assert torch.get_num_threads() == before
+    out = capsys.readouterr().out
+    assert "1 CPU thread(s)" in out
+    assert "estimated time for the remaining 2 steps" in out, out  # printed after 1 + 5 steps of 8
+    with pytest.raises(ValueError, match="--threads must be a positive integer"):
+        pretrain(out=tmp_path / "bad", steps=2, threads=0, **SMALL)
+
+
+def test_augmentation_plot_draws_a_seeded_sample_not_the_first_files(tmp_path):
+    from byol_wrap.job.monitor import sample_images
+
+    items = [(torch.full((1, 2, 2), i, dtype=torch.uint8), i, None) for i in range(100)]
+    first = [int(x.max()) for x in sample_images(items, 8, seed=0)]
+    assert first == [int(x.max()) for x in sample_images(items, 8, seed=0)]  # seeded: the same again
+    assert first != list(range(8)), first  # not the first 8
+    assert first != [int(x.max()) for x in sample_images(items, 8, seed=1)]
+    unreadable = [(None, i, "bad") if i % 2 else item for i, item in enumerate(items)]
+    assert all(int(x.max()) % 2 == 0 for x in sample_images(unreadable, 8, seed=0))

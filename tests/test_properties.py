@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from byol_wrap import BYOL  # noqa: E402
-from byol_wrap.checks import NonFiniteError  # noqa: E402
+from byol_wrap.core.checks import NonFiniteError  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -17,7 +17,7 @@ from torch import nn
 
 import byol_wrap
 from byol_wrap import BYOL, get_rng_state, set_rng_state
-from byol_wrap.checks import ImageRangeWarning, NonFiniteError
+from byol_wrap.core.checks import ImageRangeWarning, NonFiniteError
 
 from conftest import SmallCNN
 from helpers import train_steps

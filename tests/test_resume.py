@@ -60,7 +60,7 @@ def data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(data, tmp_path_factory) -> dict:
-    from byol_wrap.train import pretrain
+    from byol_wrap.job.train import pretrain
 
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
     pretrain(data, out=out, image_size=16, batch_size=4, steps=STEPS, checkpoint_every=3, log_every=1,
@@ -127,7 +127,7 @@ def test_corrupt_or_foreign_last_pt_is_named(data, tmp_path, content):
         torch.save({"model": torch.zeros(2)}, path)
     else:
         path.write_bytes(content)
-    from byol_wrap.cli import main
+    from byol_wrap.job.cli import main
 
     code = main(command(data, out)[3:])
     assert code == 2
@@ -135,7 +135,7 @@ def test_corrupt_or_foreign_last_pt_is_named(data, tmp_path, content):
 
 
 def test_corrupt_last_pt_message(data, tmp_path, capsys):
-    from byol_wrap.cli import main
+    from byol_wrap.job.cli import main
 
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)
@@ -185,7 +185,7 @@ def test_logged_loss_is_the_mean_over_ranks(tmp_path):
     script = tmp_path / "mean.py"
     script.write_text(
         "import os\n"
-        "from byol_wrap.train import _World\n"
+        "from byol_wrap.job.world import World as _World\n"
         "world = _World('cpu')\n"
         "print(f'rank {world.rank}: {world.mean(float(world.rank + 1) ** 2)!r}', flush=True)\n"
         "world.close()\n"

@@ -15,7 +15,7 @@ import torchvision
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from byol_wrap.data import load_npz_images
+from byol_wrap.job.data import load_npz_images
 
 
 class TinyCNN(nn.Module):

@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hidden size of projector and predictor (default 4096, the paper's)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="processes decoding images (default: the usable CPUs, at most 4)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for the training step (default: torch's choice; on a CPU shared with other "
+                        "work, 1 can be several times faster)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda when available)")
     p.add_argument("--precision", choices=("32", "bf16", "16"), default=None,
                    help="default: bf16 where the device supports it, 32 on CPU")
@@ -132,7 +135,7 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from .train import export_run
+    from .export import export_run
 
     path = export_run(args.run_dir, args.out)
     print(f"encoder: {path}")
@@ -154,7 +157,7 @@ def _embed(args: argparse.Namespace) -> None:
 
 
 def _layers(args: argparse.Namespace) -> None:
-    from .layers import format_layers, list_layers
+    from ..core.layers import format_layers, list_layers
     from .models import build_model
 
     image_size = args.image_size or (32 if args.spec.startswith("byol_wrap/") else 224)

@@ -15,7 +15,7 @@ API:
 
 Example:
     >>> import tempfile
-    >>> from byol_wrap.models import small_cnn
+    >>> from byol_wrap.job.models import small_cnn
     >>> path = export_encoder(small_cnn(8), tempfile.mkdtemp() + "/encoder.pt", model_spec="byol_wrap/small_cnn:8",
     ...                       hidden_layer=-1, image_size=32, normalize=None, representation_size=64, steps=0)
     >>> load_encoder(path)(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape
@@ -32,8 +32,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .augment import ChannelNormalize, to_float_images
-from .hooks import RepresentationExtractor, resolve_layer
+from ..core.augment import ChannelNormalize, to_float_images
+from ..core.hooks import RepresentationExtractor, resolve_layer
 from .io import UnreadableFileError, atomic_save, atomic_write, load_torch_file
 
 FORMAT = "byol-wrap-encoder"
@@ -131,13 +131,13 @@ def export_encoder(
 
     Example:
         >>> import tempfile
-        >>> from byol_wrap.models import small_cnn
+        >>> from byol_wrap.job.models import small_cnn
         >>> p = export_encoder(small_cnn(8), tempfile.mkdtemp() + "/e.pt", model_spec="byol_wrap/small_cnn:8",
         ...                    hidden_layer=-1, image_size=32, normalize=None, representation_size=64, steps=5)
         >>> torch.load(p, weights_only=True)["meta"]["steps"]
         5
     """
-    from . import __version__
+    from .. import __version__
     from .models import spec_name
 
     if model_spec is None and model is not None:
@@ -189,7 +189,7 @@ class Encoder(nn.Module):
     applied. ``meta`` is the encoder file's metadata.
 
     Example:
-        >>> from byol_wrap.models import small_cnn
+        >>> from byol_wrap.job.models import small_cnn
         >>> enc = Encoder(small_cnn(8), None, normalize=None).eval()
         >>> enc(torch.rand(2, 3, 16, 16)).shape
         torch.Size([2, 64])
@@ -307,9 +307,9 @@ def embed_images(
 ) -> Path:
     """Embed every readable image of ``data`` and write one row per image, atomically.
 
-    ``data`` is anything :func:`byol_wrap.data.open_images` takes (a folder, a ``.npz``,
+    ``data`` is anything :func:`byol_wrap.job.data.open_images` takes (a folder, a ``.npz``,
     ``"digits"``, a Dataset). Images are decoded at ``image_size x 8/7`` and centre-cropped to
-    the encoder's ``image_size`` (see :func:`byol_wrap.data.eval_images`). ``out_file`` ending
+    the encoder's ``image_size`` (see :func:`byol_wrap.job.data.eval_images`). ``out_file`` ending
     in ``.npz`` gets ``paths`` (a unicode array; no pickle) and ``embeddings`` (float32
     ``(N, D)``); ``.csv`` gets a header ``path,e0,...,e{D-1}``. Unreadable files are left out
     with a warning (``strict=True``: the first one raises).

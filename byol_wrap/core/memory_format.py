@@ -62,7 +62,7 @@ def channels_last_problem(
     """Why channels-last input does not suit ``net``, or None when it does.
 
     Runs ``representation`` (the net up to the hidden layer, pooled) on one input in
-    both layouts, without side effects (:func:`~byol_wrap.probe.probe_context`: eval
+    both layouts, without side effects (:func:`~byol_wrap.core.probe.probe_context`: eval
     mode, RNG forked, no gradients; the input comes from a private generator), and
     compares the results. Only 3-D per-sample shapes ``(C, H, W)`` qualify.
 

@@ -1,6 +1,6 @@
 """The construction-time probe: input shape, device/dtype, and a side-effect-free forward.
 
-``BYOL`` and :func:`byol_wrap.layers.list_layers` run the net once on a zero batch to learn
+``BYOL`` and :func:`byol_wrap.core.layers.list_layers` run the net once on a zero batch to learn
 what a layer gives. This module holds what both need: the per-sample input shape
 (:func:`infer_input_shape`), the net's device and dtype, a context that leaves no trace
 (:func:`probe_context`) and the one message for a net that refuses the probe input

@@ -171,7 +171,7 @@ class BYOL(nn.Module):
         view_batching: how the two views go through the networks. ``"one_pass"``: as one
             batch, each BatchNorm layer normalising each view with its own statistics (the
             paper's per-view passes, same loss, gradients and running statistics, computed in
-            one pass; see :func:`byol_wrap.batchnorm.per_view_batchnorm`). ``"per_view"``: one
+            one pass; see :func:`byol_wrap.core.batchnorm.per_view_batchnorm`). ``"per_view"``: one
             forward per view. ``"concat"``: one batch whose BatchNorm statistics mix the views
             (byol-pytorch's behaviour). ``"auto"`` (default): the faster of the first two
             as measured on a CPU, ``"one_pass"`` up to 48 x 48 pixels per view, else
@@ -179,7 +179,7 @@ class BYOL(nn.Module):
         concat_views: deprecated; ``True`` is ``view_batching="concat"``.
         input_shape: per-sample input shape for the probe when ``image_size`` does not
             describe it, e.g. ``(channels, length)`` for a 1-D signal encoder.
-        check_finite: raise :class:`~byol_wrap.checks.NonFiniteError` for a NaN/inf in the
+        check_finite: raise :class:`~byol_wrap.core.checks.NonFiniteError` for a NaN/inf in the
             input batch (before any forward), in the loss (BatchNorm running statistics put
             back) or in the online weights at :meth:`update_moving_average` (target kept),
             and warn once when float images lie far outside [0, 1] with the default

@@ -7,13 +7,13 @@
 - ``learner``: the BYOL learner's ``state_dict`` (online net, projector, predictor, target, tau step),
 - ``optimizer``, ``scheduler`` and ``scaler`` (float16 runs) state dicts,
 - ``step`` (optimizer steps done), ``epoch`` and ``batch_in_epoch`` (position within the epoch),
-- ``rng``: one :func:`byol_wrap.rng.get_rng_state` dict per process (Python, numpy, torch, CUDA),
+- ``rng``: one :func:`byol_wrap.core.rng.get_rng_state` dict per process (Python, numpy, torch, CUDA),
 - ``arguments``: the run's arguments (:func:`compare_arguments` decides whether a new command may continue it),
 - ``finished``, ``skipped`` (``[path, reason]`` pairs so far), ``knn`` (``[step, accuracy]`` pairs)
   and ``elapsed`` (seconds trained).
 
 Example:
-    >>> from byol_wrap.checkpoint import compare_arguments
+    >>> from byol_wrap.job.checkpoint import compare_arguments
     >>> compare_arguments({"lr": 0.001, "steps": 300}, {"lr": 0.002, "steps": 300})
     ['lr: 0.001 in the saved run, 0.002 now']
 """
@@ -25,14 +25,14 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from .rng import get_rng_state, set_rng_state  # noqa: F401 - the RNG part of last.pt, re-exported for train.py
+from ..core.rng import get_rng_state, set_rng_state  # noqa: F401 - the RNG part of last.pt, re-exported for the run
 
 FORMAT = "byol-wrap-run"
 VERSION = 1
 CHECKPOINT = Path("checkpoints") / "last.pt"
 
 # Arguments that change neither the losses nor the weights of a run: a resumed command may differ in them.
-HARMLESS_ARGUMENTS = frozenset({"workers", "overwrite", "checkpoint_every", "knn_data", "strict", "progress",
+HARMLESS_ARGUMENTS = frozenset({"workers", "threads", "overwrite", "checkpoint_every", "knn_data", "strict", "progress",
                                 "log_every", "device_count"})
 
 # Files a run writes into RUN_DIR; --overwrite deletes these and nothing else.
@@ -109,14 +109,15 @@ def load_checkpoint(path: os.PathLike) -> Dict[str, Any]:
         RunError: the file is truncated, not a torch file, or not a byol-wrap run
             checkpoint; the message names the file.
     """
-    from .io import safe_torch_load
+    from .io import UnreadableFileError, safe_torch_load
 
     path = Path(path)
     try:
         state = safe_torch_load(path, "run checkpoint")
+    except (UnreadableFileError, FileNotFoundError, IsADirectoryError) as error:  # their messages name the file
+        raise RunError(_one_line(error)) from error
     except (RuntimeError, ValueError, OSError, EOFError) as error:
-        raise RunError(_one_line(error) if str(path) in str(error) else f"cannot read {path}: {_one_line(error)}") \
-            from error
+        raise RunError(f"cannot read {path}: {_one_line(error)}") from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise RunError(
             f"{path} is not a byol-wrap run checkpoint (no 'format': '{FORMAT}' entry); move it away, "

@@ -178,7 +178,7 @@ def lars_optimizer(
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise ImportError(
             "lars_optimizer uses timm's LARS implementation: pip install timm (or byol-wrap[examples]), "
-            "or build your own optimizer over byol_wrap.optim.weight_decay_groups(learner, weight_decay)"
+            "or build your own optimizer over byol_wrap.core.optim.weight_decay_groups(learner, weight_decay)"
         ) from error
     if lr <= 0:
         raise ValueError(f"lr must be positive, got {lr}")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import inspect
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -97,14 +98,11 @@ def _build_timm(name: str, image_size: Optional[int]) -> nn.Module:
     timm = _import_timm()
     if not timm.is_model(name):
         raise _unknown("timm", name, timm.list_models(), "timm/")
-    if image_size is not None:
-        try:
-            net: nn.Module = timm.create_model(name, pretrained=False, num_classes=0, img_size=int(image_size))
-            return net
-        except TypeError as error:  # convnets take no img_size
-            if "img_size" not in str(error):
-                raise
     headless: nn.Module = timm.create_model(name, pretrained=False, num_classes=0)
+    if image_size is not None and "img_size" in inspect.signature(type(headless).__init__).parameters:
+        # a model with a fixed input size (ViT-like: position embeddings): build it for the views' size
+        sized: nn.Module = timm.create_model(name, pretrained=False, num_classes=0, img_size=int(image_size))
+        return sized
     return headless
 
 

@@ -22,6 +22,10 @@ class HiddenLayerNotRunError(RuntimeError):
     """The chosen hidden layer did not run during the net's forward pass."""
 
 
+class UnknownLayerError(ValueError):
+    """``hidden_layer`` names no module of the net, or a child index out of range."""
+
+
 class AmbiguousOutputError(ValueError):
     """The net's output (``hidden_layer=-1``) is a tuple or list of several tensors."""
 
@@ -59,7 +63,7 @@ def resolve_layer(net: nn.Module, hidden_layer: LayerSpec) -> Optional[str]:
     if isinstance(hidden_layer, int):
         children = [name for name, _ in net.named_children()]
         if not -len(children) <= hidden_layer < len(children):
-            raise ValueError(
+            raise UnknownLayerError(
                 f"hidden_layer={hidden_layer} is out of range: the net has {len(children)} children "
                 f"({', '.join(children)}). Use an index in [{-len(children)}, {len(children) - 1}], "
                 f"a dotted module name, or -1 for the net's output."
@@ -69,7 +73,7 @@ def resolve_layer(net: nn.Module, hidden_layer: LayerSpec) -> Optional[str]:
     if hidden_layer not in names:
         close = difflib.get_close_matches(hidden_layer, names, n=5, cutoff=0.4)
         hint = f"Closest names: {', '.join(close)}. " if close else ""
-        raise ValueError(
+        raise UnknownLayerError(
             f"hidden_layer {hidden_layer!r} is not a module of {type(net).__name__}. {hint}"
             f"byol_wrap.print_layers(net, image_size) prints every candidate with its output shape and "
             f"representation size (byol_wrap.list_layers returns them as dicts)."
@@ -208,10 +212,10 @@ class RepresentationExtractor:
 # Names that lived here before pooling.py, probe.py and layers.py took them over: old name -> new module.
 _MOVED = {
     **dict.fromkeys(("pool", "prefix_token_count", "channels_last_outputs", "describe_pooling", "default_token_pool",
-                     "TOKEN_POOLS"), "byol_wrap.pooling"),
+                     "TOKEN_POOLS"), "byol_wrap.core.pooling"),
     **dict.fromkeys(("infer_input_shape", "image_size_pair", "module_device_dtype", "cuda_rng_devices",
-                     "probe_context"), "byol_wrap.probe"),
-    **dict.fromkeys(("list_layers", "format_layers", "print_layers"), "byol_wrap.layers"),
+                     "probe_context"), "byol_wrap.core.probe"),
+    **dict.fromkeys(("list_layers", "format_layers", "print_layers"), "byol_wrap.core.layers"),
 }
 
 
@@ -220,6 +224,6 @@ def __getattr__(name: str) -> Any:
         import importlib
         import warnings
 
-        warnings.warn(f"byol_wrap.hooks.{name} moved to {_MOVED[name]}.{name}", DeprecationWarning, stacklevel=2)
+        warnings.warn(f"byol_wrap.core.hooks.{name} moved to {_MOVED[name]}.{name}", DeprecationWarning, stacklevel=2)
         return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module 'byol_wrap.hooks' has no attribute {name!r}")
+    raise AttributeError(f"module 'byol_wrap.core.hooks' has no attribute {name!r}")

@@ -267,3 +267,38 @@ def bar_postfix(row: Dict[str, Any]) -> Dict[str, str]:
         "data wait": f"{row['data_wait']:.0%}",
         "skipped": str(row.get("skipped", 0)),
     }
+
+
+def sample_images(dataset: Any, count: int, seed: int = 0, tries: int = 64) -> List[Tensor]:
+    """Up to ``count`` readable images of ``dataset`` drawn at random (seeded), for pictures of the data.
+
+    Looks at ``tries`` items at most (unreadable ones are passed over).
+
+    Example:
+        >>> items = [(torch.full((1, 2, 2), i), i, None) for i in range(10)]
+        >>> [int(x.max()) for x in sample_images(items, 3, seed=0)] == [int(x.max()) for x in sample_images(items, 3)]
+        True
+    """
+    generator = torch.Generator().manual_seed(seed)
+    found: List[Tensor] = []
+    for index in torch.randperm(len(dataset), generator=generator)[:tries].tolist():
+        image = dataset[index][0]
+        if image is not None:
+            found.append(image)
+        if len(found) == count:
+            break
+    return found
+
+
+def format_duration(seconds: float) -> str:
+    """``"42 s"``, ``"3.5 min"``, ``"2.1 h"``.
+
+    Example:
+        >>> format_duration(42), format_duration(210), format_duration(7560)
+        ('42 s', '3.5 min', '2.1 h')
+    """
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,140 @@
+"""Decoding one image file to a uint8 tensor at the load size (Pillow in DataLoader workers).
+
+A file that cannot be decoded raises :class:`UnreadableImageError` with a ``reason``; the datasets turn it
+into a skipped item.
+
+Example:
+    >>> import tempfile
+    >>> from PIL import Image
+    >>> p = tempfile.mkdtemp() + "/a.png"
+    >>> Image.new("RGB", (40, 20)).save(p)
+    >>> read_image(p, 16).shape
+    torch.Size([3, 16, 16])
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .geometry import Size, size_pair
+
+TRAIN_EXTRA = 'pip install "byol-wrap[train]"'
+
+
+class UnreadableImageError(RuntimeError):
+    """An image that cannot be decoded, under ``strict=True`` (``path`` and ``reason`` attributes)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot decode {path}: {reason} (--strict stops at the first unreadable file; "
+                         f"without it such files are skipped and listed in skipped.txt)")
+        self.path = path
+        self.reason = reason
+
+
+def _import_pil() -> Any:
+    try:
+        from PIL import Image
+    except ImportError as error:
+        raise ImportError(f"reading image files needs the training extras: {TRAIN_EXTRA}") from error
+    return Image
+
+
+def _to_rgb(image: Any, Image: Any) -> Any:
+    """Any Pillow mode -> RGB: 16/32-bit grey scaled to 8 bits, alpha composited on white."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode.startswith("I") or mode == "F":
+        import numpy as np
+
+        arr = np.asarray(image)
+        if mode.startswith("I;16") or (mode == "I" and arr.size and arr.max() > 255):
+            arr = np.clip(arr.astype(np.float32), 0, 65535) / 257.0
+        elif mode == "F" and arr.size and arr.max() <= 1.0:
+            arr = arr.astype(np.float32) * 255.0
+        arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _resize_center_crop_pil(image: Any, size: Tuple[int, int], Image: Any) -> Any:
+    """Resize so the image covers ``size`` (short side), then take the centre: one resampling."""
+    th, tw = size
+    w, h = image.size
+    if (w, h) == (tw, th):
+        return image
+    scale = max(th / h, tw / w)
+    # clamped: in floating point the centred box can stick out of the image by ~1e-14, which Pillow refuses
+    box_w, box_h = min(float(w), tw / scale), min(float(h), th / scale)
+    left, top = max(0.0, (w - box_w) / 2), max(0.0, (h - box_h) / 2)
+    right, bottom = min(float(w), left + box_w), min(float(h), top + box_h)
+    return image.resize((tw, th), Image.BILINEAR, box=(left, top, right, bottom))
+
+
+def _pil_to_tensor(image: Any, size: Optional[Tuple[int, int]], Image: Any) -> Tensor:
+    import numpy as np
+
+    image = _to_rgb(image, Image)
+    if size is not None:
+        image = _resize_center_crop_pil(image, size, Image)
+    arr = np.array(image, dtype=np.uint8)  # (H, W, 3), a writable copy
+    return torch.from_numpy(arr).permute(2, 0, 1)
+
+
+def error_reason(error: BaseException) -> str:
+    """A one-line reason for a failed decode or item, for ``skipped.txt``."""
+    name = type(error).__name__
+    if name == "UnidentifiedImageError":
+        return "UnidentifiedImageError: not an image Pillow can read (wrong extension, or a damaged header)"
+    text = str(error).strip().splitlines()
+    return f"{name}: {text[0]}" if text else name
+
+
+def read_image(path: Union[str, os.PathLike[str]], load_size: Optional[Size]) -> Tensor:
+    """Decode one image file to uint8 ``(3, H, W)``: RGB, EXIF orientation applied, resized on
+    the short side and centre-cropped to ``load_size`` (``None``: the file's own size).
+
+    Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) is kept.
+
+    Raises:
+        UnreadableImageError: empty, truncated or foreign files, bombs, unsupported modes
+            (``.reason`` says which).
+
+    Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> p = tempfile.mkdtemp() + "/a.png"
+        >>> Image.new("LA", (40, 20)).save(p)
+        >>> read_image(p, 16).shape
+        torch.Size([3, 16, 16])
+    """
+    Image = _import_pil()
+    from PIL import ImageOps
+
+    size = None if load_size is None else size_pair(load_size)
+    path_str = os.fspath(path)
+    try:
+        if os.path.getsize(path_str) == 0:
+            raise UnreadableImageError(path_str, "empty file (0 bytes)")
+        with Image.open(path_str) as image:
+            if size is not None and image.format == "JPEG":
+                image.draft("RGB", (size[1], size[0]))  # decode at a reduced scale, still >= size
+            image.load()
+            if "exif" in image.info or image.format == "TIFF":  # exif_transpose copies even with no EXIF
+                image = ImageOps.exif_transpose(image)
+            return _pil_to_tensor(image, size, Image)
+    except UnreadableImageError:
+        raise
+    except Image.DecompressionBombError as error:
+        raise UnreadableImageError(path_str, f"decompression bomb over Pillow's limit: {error}") from error
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # OSError (truncated), UnidentifiedImageError, ValueError (modes), SyntaxError...
+        raise UnreadableImageError(path_str, error_reason(error)) from error

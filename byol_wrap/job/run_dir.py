@@ -1,0 +1,50 @@
+"""RUN_DIR itself: created and proved writable before a run, removed again when a failed start left it empty.
+
+Example:
+    >>> import tempfile
+    >>> out = Path(tempfile.mkdtemp()) / "a" / "run"
+    >>> created = first_missing(out)
+    >>> check_writable(out); remove_if_empty(out, created); out.parent.exists()
+    False
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from .checkpoint import RunError
+
+
+def check_writable(out: Path) -> None:
+    """Create RUN_DIR and prove it writable, or raise one clear line."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".byol-wrap-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise RunError(f"cannot write to RUN_DIR {out}: {error.strerror or error}; choose another --out") from error
+
+
+def first_missing(path: Path) -> Optional[Path]:
+    """The outermost folder of ``path`` (itself or a parent) that does not exist yet, else None."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def remove_if_empty(out: Path, created: Path) -> None:
+    """Remove RUN_DIR and the parents this call created (up to ``created``) that a failure left empty."""
+    folder = out
+    while True:
+        try:
+            folder.rmdir()  # fails (and keeps the folder) unless it is empty
+        except OSError:
+            return
+        if folder == created or folder.parent == folder:
+            return
+        folder = folder.parent
