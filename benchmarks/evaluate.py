@@ -1,7 +1,7 @@
 """Issue 21: ``byol-wrap eval`` of the default runs against the untrained baseline, 3 seeds.
 
 For each data set and seed: ``byol-wrap pretrain`` (a subprocess, the command as a user runs it), then
-``byol_wrap.evaluate`` of its ``encoder.pt`` on the same data's labelled training split (kNN bank and
+``byol_wrap.job.evaluate`` of its ``encoder.pt`` on the same data's labelled training split (kNN bank and
 probe training) and its own test split, timed. One JSON line per (data, seed) is appended to ``--out``
 right after the evaluation; rerunning skips the rows already there.
 
@@ -47,7 +47,7 @@ def _done(out: Path) -> set:
 
 
 def run(args: argparse.Namespace) -> None:
-    from byol_wrap.evaluate import evaluate, format_table
+    from byol_wrap.job.evaluate import evaluate, format_table
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""byol_wrap.evaluate (``byol-wrap eval``): its kNN and linear-probe numbers against independent computations on
+"""byol_wrap.job.evaluate (``byol-wrap eval``): its kNN and linear-probe numbers against independent computations on
 the vectors ``embed`` writes (a hand-written weighted kNN, scikit-learn's LogisticRegression), the untrained
 baseline against a fresh build, the splits, the files written, and bad input."""
 import json
@@ -13,9 +13,9 @@ pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 Image = pytest.importorskip("PIL.Image")
 
-from byol_wrap.encoder import embed_images, export_encoder, load_encoder  # noqa: E402
-from byol_wrap.evaluate import evaluate, format_table, stratified_split  # noqa: E402
-from byol_wrap.models import small_cnn  # noqa: E402
+from byol_wrap.job.encoder import embed_images, export_encoder, load_encoder  # noqa: E402
+from byol_wrap.job.evaluate import evaluate, format_table, stratified_split  # noqa: E402
+from byol_wrap.job.models import small_cnn  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SIZE = 16
@@ -116,7 +116,7 @@ def test_numbers_match_independent_computations_on_embed_vectors(encoder_path, f
 
 
 def test_untrained_baseline_is_a_fresh_build_of_the_spec(encoder_path, folders, tmp_path):
-    from byol_wrap.baseline import untrained_like
+    from byol_wrap.job.baseline import untrained_like
 
     encoder = load_encoder(encoder_path)
     state_before = torch.random.get_rng_state()

@@ -1,4 +1,4 @@
-"""byol_wrap.export_formats (``byol-wrap export --format``): each format loaded by the tool it is for (safetensors'
+"""byol_wrap.job.export_formats (``byol-wrap export --format``): each format loaded by the tool it is for (safetensors'
 own reader and load_encoder, timm.create_model(checkpoint_path=...), torchvision's load_state_dict, onnxruntime)
 gives the representations load_encoder gives; refusal over existing files; atomic writes."""
 import json
@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from byol_wrap.encoder import export_encoder, load_encoder
-from byol_wrap.export_formats import export, read_safetensors
-from byol_wrap.models import build_model
+from byol_wrap.job.encoder import export_encoder, load_encoder
+from byol_wrap.job.export_formats import export, read_safetensors
+from byol_wrap.job.models import build_model
 
 from helpers import assert_close_scaled
 

@@ -1,4 +1,4 @@
-"""byol_wrap.neighbours: the neighbours against a brute-force search written out here, the seed's choice, the PNG."""
+"""byol_wrap.job.neighbours: the neighbours against a brute-force search written out here, the seed's choice, the PNG."""
 
 import numpy as np
 import pytest
@@ -7,9 +7,9 @@ import torch
 pytest.importorskip("matplotlib")
 Image = pytest.importorskip("PIL.Image")
 
-from byol_wrap.encoder import export_encoder  # noqa: E402
-from byol_wrap.models import small_cnn  # noqa: E402
-from byol_wrap.neighbours import draw_neighbours, nearest_neighbours, sample_images  # noqa: E402
+from byol_wrap.job.encoder import export_encoder  # noqa: E402
+from byol_wrap.job.models import small_cnn  # noqa: E402
+from byol_wrap.job.neighbours import draw_neighbours, nearest_neighbours, sample_images  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""byol_wrap.preprocess / Encoder.preprocess: encoder(preprocess(...)) reproduces the vectors ``embed`` writes,
+"""byol_wrap.job.preprocess / Encoder.preprocess: encoder(preprocess(...)) reproduces the vectors ``embed`` writes,
 for files of several kinds and sizes, for PIL images and numpy arrays, and with normalize= for encoder.net."""
 from pathlib import Path
 
@@ -8,9 +8,9 @@ import torch
 
 Image = pytest.importorskip("PIL.Image")
 
-from byol_wrap.encoder import embed_images, export_encoder, load_encoder  # noqa: E402
-from byol_wrap.models import small_cnn  # noqa: E402
-from byol_wrap.preprocess import preprocess  # noqa: E402
+from byol_wrap.job.encoder import embed_images, export_encoder, load_encoder  # noqa: E402
+from byol_wrap.job.models import small_cnn  # noqa: E402
+from byol_wrap.job.preprocess import preprocess  # noqa: E402
 
 from helpers import assert_close_scaled  # noqa: E402
 

@@ -23,7 +23,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .augment import ChannelNormalize, to_float_images
+from ..core.augment import ChannelNormalize, to_float_images
 
 Size = Union[int, Tuple[int, int]]
 
@@ -41,13 +41,9 @@ def _size(image_size: Any) -> Size:
 
 def _one(item: Any, size: Size) -> Tensor:
     """One image as uint8 ``(3, H, W)`` at the encoder's size: embed's path for its kind."""
-    from .data import (  # the decoders embed's datasets use
-        _pil_to_tensor,
-        _tensor_to_uint8,
-        default_load_size,
-        eval_images,
-        read_image,
-    )
+    from .data import default_load_size, eval_images, read_image
+    from .data.datasets import _tensor_to_uint8  # the decoders embed's datasets use
+    from .data.decode import _pil_to_tensor
 
     load_size = default_load_size(size)
     if isinstance(item, (str, os.PathLike)):

@@ -247,7 +247,7 @@ def _encoder_of(source: Path, workdir: Path, model: Optional[nn.Module]) -> Any:
     from .encoder import load_encoder
 
     if source.is_dir():
-        from .train import export_run
+        from .export import export_run
 
         return load_encoder(export_run(source, workdir / "encoder.pt"), model=model)
     return load_encoder(source, model=model)
@@ -294,7 +294,7 @@ def export(source: PathLike, fmt: str = "pt", out: Optional[PathLike] = None, *,
     if out is not None and not Path(out).parent.is_dir() and not Path(out).is_dir():
         raise FileNotFoundError(f"cannot write {out}: the folder {Path(out).parent} does not exist")
     if fmt == "pt" and source.is_dir():  # today's encoder.pt, straight from the checkpoint
-        from .train import export_run
+        from .export import export_run
 
         target = _target(source, out, fmt, None)
         if target.exists() and not overwrite:

@@ -1,7 +1,7 @@
 """``byol-wrap eval``: is the encoder better than starting from scratch, on the user's labelled images?
 
 On frozen features of the encoder's centre view (the preprocessing of ``embed``), for the encoder
-and, in the same run, for the same architecture untrained (:func:`byol_wrap.baseline.untrained_like`):
+and, in the same run, for the same architecture untrained (:func:`byol_wrap.job.baseline.untrained_like`):
 
 - weighted kNN top-1 at k = 20 and k = 200 (temperature 0.1, cosine similarity; the training split
   is the bank, the test split the queries; Wu et al. 2018, as in the BYOL literature),
@@ -154,7 +154,8 @@ def read_labelled(data: PathLike, image_size: Any, *, workers: Optional[int] = N
         FileNotFoundError: a missing path.
         ValueError: fewer than two classes, no readable image, a ``.npz`` without labels.
     """
-    from .data import _is_digits, load_digits
+    from .data import load_digits
+    from .data.arrays import _is_digits
 
     size = image_size if isinstance(image_size, int) else tuple(image_size)
     if isinstance(data, str) and _is_digits(data):
@@ -234,7 +235,7 @@ def _read_test(data: PathLike, train: LabelledImages, image_size: Any, workers: 
                progress: bool) -> LabelledImages:
     """A separate test set (``--test``): a class folder tree, a .npz (its x_test if present, else x_train)
     or 'digits' (its test split)."""
-    from .data import _is_digits
+    from .data.arrays import _is_digits
 
     size = image_size if isinstance(image_size, int) else tuple(image_size)
     role = "test data"
@@ -302,7 +303,7 @@ def features(encoder: nn.Module, images: Tensor, batch_size: int = 256, device: 
 def knn_top1(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, k: int,
              num_classes: int, temperature: float = TEMPERATURE) -> float:
     """Weighted kNN top-1 (0-1): cosine similarities, votes ``exp(s / temperature)``, ``k`` clipped to the bank."""
-    from .knn import knn_predict
+    from ..core.knn import knn_predict
 
     predicted = knn_predict(test, train, train_labels, num_classes, k=min(k, train.shape[0]),
                             temperature=temperature)
@@ -392,7 +393,7 @@ def evaluate(
     """kNN and linear-probe accuracy of an encoder's frozen features, next to the untrained architecture.
 
     Args:
-        encoder: an ``encoder.pt`` / ``.safetensors`` path, or an :class:`~byol_wrap.encoder.Encoder`.
+        encoder: an ``encoder.pt`` / ``.safetensors`` path, or an :class:`~byol_wrap.job.encoder.Encoder`.
         labelled: class folders, a labelled ``.npz`` or ``"digits"`` (see :func:`read_labelled`).
         test: a separate labelled test set (class names must be among ``labelled``'s); default: the
             ``.npz``'s or digits' own test split, else a stratified ``test_fraction`` of ``labelled``.
@@ -400,7 +401,7 @@ def evaluate(
         ks: the kNN neighbour counts (20 and 200).
         val_fraction: the part of the training split that chooses the probe's regularisation.
         seed: the splits, the probe's solver and the baseline's initialisation.
-        baseline: also measure the same architecture untrained (:func:`byol_wrap.baseline.untrained_like`).
+        baseline: also measure the same architecture untrained (:func:`byol_wrap.job.baseline.untrained_like`).
         model: a new instance of the architecture, for an encoder of a network given in Python.
         progress: show progress bars.
 
@@ -465,7 +466,7 @@ def evaluate(
         results[name] = {"knn_top1": knn, "linear_probe": probe, "feature_size": int(f_train.shape[1]),
                          "confusion": _confusion(test_set.labels, predictions, num_classes)}
     seconds["total"] = time.perf_counter() - started
-    from . import __version__
+    from .. import __version__
 
     report: Dict[str, Any] = {
         "encoder": encoder_name, "model_spec": trained.meta.get("model_spec"), "image_size": image_size,

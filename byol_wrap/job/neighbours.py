@@ -2,7 +2,7 @@
 
 A grid of a few images chosen by the seed (one per row), each followed by its nearest neighbours
 among the other images (cosine similarity of the representations), once with the trained encoder and
-once with the same architecture untrained (:func:`byol_wrap.baseline.untrained_like`). When the
+once with the same architecture untrained (:func:`byol_wrap.job.baseline.untrained_like`). When the
 trained neighbours share what matters (the digit, the object) and the untrained ones only share
 colour and brightness, pretraining learned something.
 
@@ -131,7 +131,7 @@ def draw_neighbours(encoder: Any, data: Any, out: PathLike, *, seed: int = 0, qu
     """Write ``neighbours.png`` for ``encoder`` (a path or an Encoder) on ``data`` (any unlabelled images).
 
     Args:
-        encoder: ``encoder.pt`` / ``.safetensors`` or an :class:`~byol_wrap.encoder.Encoder`.
+        encoder: ``encoder.pt`` / ``.safetensors`` or an :class:`~byol_wrap.job.encoder.Encoder`.
         data: a folder (searched recursively), a ``.npz``, ``"digits"`` or a Dataset.
         out: the PNG to write (atomically; its folder is created).
         seed: chooses the ``max_images`` pool and the ``queries`` shown, and seeds the baseline.

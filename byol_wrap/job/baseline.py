@@ -16,8 +16,8 @@ How the fresh network is made, in order:
 
 Example:
     >>> import tempfile
-    >>> from byol_wrap.models import small_cnn
-    >>> from byol_wrap.encoder import export_encoder, load_encoder
+    >>> from byol_wrap.job.models import small_cnn
+    >>> from byol_wrap.job.encoder import export_encoder, load_encoder
     >>> path = export_encoder(small_cnn(8), tempfile.mkdtemp() + "/e.pt", model_spec="byol_wrap/small_cnn:8",
     ...                       hidden_layer=-1, image_size=16, normalize=None, representation_size=64, steps=0)
     >>> untrained_like(load_encoder(path))(torch.zeros(1, 3, 16, 16, dtype=torch.uint8)).shape
@@ -72,7 +72,7 @@ def _fresh_net(encoder: Any, model: Optional[nn.Module]) -> nn.Module:
 
 
 def untrained_like(encoder: Any, seed: int = 0, model: Optional[nn.Module] = None) -> Any:
-    """An :class:`~byol_wrap.encoder.Encoder` of the same architecture with fresh random weights.
+    """An :class:`~byol_wrap.job.encoder.Encoder` of the same architecture with fresh random weights.
 
     Args:
         encoder: the trained encoder (``load_encoder(...)``).
