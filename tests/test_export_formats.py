@@ -135,19 +135,3 @@ def test_onnx_runs_in_onnxruntime_with_any_batch(tmp_path):
             expected = encoder(x)
         assert got.shape == (n, 512)
         assert_close_scaled(got, expected, rtol=0, scale_rtol=1e-4, msg=f"onnx batch {n}")
-
-
-def test_export_of_a_run_dir(tmp_path):
-    pytest.importorskip("safetensors")
-    from byol_wrap import pretrain
-
-    run = tmp_path / "run"
-    pretrain("digits", out=run, model="byol_wrap/small_cnn:4", image_size=12, batch_size=16, steps=2,
-             projection_size=8, projection_hidden_size=16, workers=0, progress=False)
-    path = export(run, "safetensors")
-    x = _images(2)[:, :, :12, :12]
-    with torch.no_grad():
-        assert_close_scaled(load_encoder(path)(x), load_encoder(run / "encoder.pt")(x), rtol=0, scale_rtol=1e-7)
-    with pytest.raises(FileExistsError):
-        export(run, "pt")
-    assert export(run, "pt", overwrite=True) == run / "encoder.pt"

@@ -1,4 +1,4 @@
-"""byol_wrap.job.neighbours: the neighbours against a brute-force search written out here, the seed's choice, the PNG."""
+"""byol_wrap.job.neighbours: neighbours against a brute-force search written out here, the seed's choice, the PNG."""
 
 import numpy as np
 import pytest

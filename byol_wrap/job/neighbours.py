@@ -25,10 +25,12 @@ from torch import Tensor, nn
 
 PathLike = Union[str, "os.PathLike[str]"]
 MAX_IMAGES = 2000   # the pool searched for neighbours: a few seconds of embedding on a CPU
+RUN_IMAGES = 1000   # at the end of a run (two nets over 1000 images: ~40 s for resnet18 at 224 px on a CPU)
 QUERIES = 6
 NEIGHBOURS = 6
 
-__all__ = ["nearest_neighbours", "plot_neighbours", "draw_neighbours", "sample_images", "MAX_IMAGES"]
+__all__ = ["nearest_neighbours", "plot_neighbours", "draw_neighbours", "sample_images", "plot_run_neighbours",
+           "MAX_IMAGES", "RUN_IMAGES"]
 
 
 def nearest_neighbours(features: Tensor, queries: Tensor, k: int) -> Tensor:
@@ -55,7 +57,10 @@ def sample_images(data: Any, image_size: Any, *, count: int = MAX_IMAGES, seed: 
     from .data import default_load_size, default_workers, eval_images, make_loader, open_images
 
     size = image_size if isinstance(image_size, int) else tuple(image_size)
-    dataset = open_images(data, default_load_size(size))
+    if isinstance(data, torch.utils.data.Dataset) and hasattr(data, "load_size"):
+        dataset = data  # a run's own training set: used as it is
+    else:
+        dataset = open_images(data, default_load_size(size))
     total = len(dataset)  # type: ignore[arg-type]
     if total < 2:
         raise ValueError(f"{data} holds {total} image(s); neighbours need at least 2")
@@ -155,3 +160,25 @@ def draw_neighbours(encoder: Any, data: Any, out: PathLike, *, seed: int = 0, qu
                                              device)))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     return plot_neighbours(images, panels, chosen, out, k=k)
+
+
+def plot_run_neighbours(encoder_path: PathLike, dataset: Any, out: PathLike, *, net: nn.Module, seed: int = 0,
+                        device: Union[str, torch.device] = "cpu", workers: Optional[int] = None) -> Optional[Path]:
+    """``RUN_DIR/plots/neighbours.png`` at the end of ``pretrain``: :func:`draw_neighbours` on up to
+    :data:`RUN_IMAGES` training images. ``net`` is the trained backbone (it rebuilds the encoder of a
+    network given in Python). A failure warns and returns ``None``: the run's results are already saved.
+    """
+    import copy
+    import warnings
+
+    from .encoder import load_encoder
+
+    try:
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a Python-given net's baseline is reset_parameters()
+            encoder = load_encoder(encoder_path, device, model=copy.deepcopy(net))
+            return draw_neighbours(encoder, dataset, out, seed=seed, max_images=RUN_IMAGES, device=device,
+                                   workers=workers)
+    except Exception as error:  # noqa: BLE001 - a picture must not fail a finished run
+        warnings.warn(f"could not draw {out}: {type(error).__name__}: {error}", stacklevel=2)
+        return None

@@ -286,6 +286,7 @@ class Run:
             if self.world.main:
                 self.log.close()
         encoder = self._export()
+        self._neighbours_plot(encoder)
         self._summary(start_step, time.perf_counter() - run_start, encoder, knn_before, knn_after)
         return encoder
 
@@ -575,6 +576,14 @@ class Run:
             export_encoder(self.net, path, steps=self.step, **self._encoder_meta())
         self.world.barrier()
         return path
+
+    def _neighbours_plot(self, encoder: Path) -> None:
+        """``plots/neighbours.png``: training images and their nearest neighbours, trained vs untrained."""
+        if self.world.main:
+            from .neighbours import plot_run_neighbours
+
+            plot_run_neighbours(encoder, self.dataset, self.out / "plots" / "neighbours.png", net=self.net,
+                                seed=self.options["seed"], device=self.device, workers=self.options["workers"])
 
     def _summary(self, start_step: int, seconds: float, encoder: Path, before: Optional[float],
                  after: Optional[float]) -> None:
