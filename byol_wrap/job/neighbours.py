@@ -176,7 +176,7 @@ def plot_run_neighbours(encoder_path: PathLike, dataset: Any, out: PathLike, *, 
     try:
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # a Python-given net's baseline is reset_parameters()
-            encoder = load_encoder(encoder_path, device, model=copy.deepcopy(net))
+            encoder = load_encoder(Path(encoder_path), device, model=copy.deepcopy(net))
             return draw_neighbours(encoder, dataset, out, seed=seed, max_images=RUN_IMAGES, device=device,
                                    workers=workers)
     except Exception as error:  # noqa: BLE001 - a picture must not fail a finished run
