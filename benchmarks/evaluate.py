@@ -46,14 +46,24 @@ def _done(out: Path) -> set:
     return {(row["data"], row["seed"]) for row in map(json.loads, out.read_text().splitlines()) if row}
 
 
+def _finished(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds a finished run (its encoder.pt and a checkpoint marked finished)."""
+    import torch
+
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    if not (run_dir / "encoder.pt").is_file() or not checkpoint.is_file():
+        return False
+    return bool(torch.load(checkpoint, weights_only=True, map_location="cpu").get("finished", False))
+
+
 def run(args: argparse.Namespace) -> None:
     from byol_wrap.job.evaluate import evaluate, format_table
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = _done(out)
-    for data in args.data:
-        for seed in args.seeds:
+    for seed in args.seeds:  # seeds outside: an interrupted benchmark still covers both data sets
+        for data in args.data:
             if (data, seed) in done:
                 continue
             run_dir = Path(args.runs) / f"{data}_seed{seed}"
@@ -62,8 +72,12 @@ def run(args: argparse.Namespace) -> None:
                 command += [args.cifar, "--steps", str(args.cifar_steps)]
             command += ["--out", str(run_dir), "--seed", str(seed), "--no-progress", "--overwrite"]
             started = time.perf_counter()
-            subprocess.run(command, check=True, cwd=ROOT)
-            pretrain_seconds = time.perf_counter() - started
+            pretrain_seconds: Any = None
+            if args.reuse and _finished(run_dir):
+                print(f"reusing the finished run {run_dir}", flush=True)
+            else:
+                subprocess.run(command, check=True, cwd=ROOT)
+                pretrain_seconds = time.perf_counter() - started
             machine = _machine()
             report = evaluate(run_dir / "encoder.pt", "digits" if data == "digits" else args.cifar, seed=seed,
                               out=run_dir / "eval" / "report.json", progress=False)
@@ -120,6 +134,8 @@ def main() -> None:
     parser.add_argument("--runs", default="/tmp/byol_wrap_eval_runs")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "evaluate" / "runs.jsonl"))
     parser.add_argument("--report", default=None, metavar="RUNS_JSONL")
+    parser.add_argument("--reuse", action="store_true",
+                        help="evaluate a finished run already in --runs instead of pretraining it again")
     args = parser.parse_args()
     if args.report:
         print(report(Path(args.report)))
