@@ -135,3 +135,9 @@ def test_onnx_runs_in_onnxruntime_with_any_batch(tmp_path):
             expected = encoder(x)
         assert got.shape == (n, 512)
         assert_close_scaled(got, expected, rtol=0, scale_rtol=1e-4, msg=f"onnx batch {n}")
+    # a check that fails writes nothing
+    from byol_wrap.job.export_formats import export_onnx
+
+    with pytest.raises(RuntimeError, match="differs from PyTorch"):
+        export_onnx(encoder, tmp_path / "bad.onnx", rtol=-1.0)
+    assert not (tmp_path / "bad.onnx").exists() and not list(tmp_path.glob(".*.tmp"))

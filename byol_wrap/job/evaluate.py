@@ -111,6 +111,10 @@ def _class_folders(path: Path) -> Tuple[List[str], List[str], List[int]]:
             labels += [len(classes)] * len(found)
             classes.append(name)
             files += found
+    loose = [p for p in path.iterdir() if p.is_file() and find_image_paths(p)]
+    if loose:
+        warnings.warn(f"{len(loose)} image(s) directly in {path} (not in a class subfolder) left out, e.g. "
+                      f"{loose[0].name}", stacklevel=3)
     return classes, files, labels
 
 
