@@ -60,6 +60,10 @@ def _finished(run_dir: Path) -> bool:
 def run(args: argparse.Namespace) -> None:
     from byol_wrap.job.evaluate import evaluate, format_table
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = _done(out)
@@ -72,6 +76,8 @@ def run(args: argparse.Namespace) -> None:
             if data == "cifar":
                 command += [args.cifar, "--steps", str(args.cifar_steps), "--batch-size", str(args.cifar_batch_size)]
             command += ["--out", str(run_dir), "--seed", str(seed), "--no-progress", "--overwrite"]
+            if args.threads:
+                command += ["--threads", str(args.threads)]
             started = time.perf_counter()
             pretrain_seconds: Any = None
             if args.reuse and _finished(run_dir):
@@ -135,6 +141,8 @@ def main() -> None:
     parser.add_argument("--cifar-batch-size", type=int, default=64)
     parser.add_argument("--runs", default="/tmp/byol_wrap_eval_runs")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "evaluate" / "runs.jsonl"))
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch threads for pretraining and evaluation (default: torch's choice)")
     parser.add_argument("--report", default=None, metavar="RUNS_JSONL")
     parser.add_argument("--reuse", action="store_true",
                         help="evaluate a finished run already in --runs instead of pretraining it again")
