@@ -197,8 +197,8 @@ def test_other_channel_counts_with_user_augmentations(channels):
     learner = BYOL(SmallCNN(in_channels=channels), image_size=16, hidden_layer="pool",
                    augment_fn=flip, **HEADS)
     assert learner(torch.rand(4, channels, 16, 16)).item() >= 0
-    with pytest.raises(ValueError, match="augment_fn"):
-        BYOL(SmallCNN(in_channels=channels), image_size=16, hidden_layer="pool")
+    defaults = BYOL(SmallCNN(in_channels=channels), image_size=16, hidden_layer="pool", **HEADS)
+    assert defaults(torch.rand(4, channels, 16, 16)).item() >= 0  # channel-agnostic default augmentations
 
 
 # ---------------------------------------------------------------- representation and hooks

@@ -279,10 +279,10 @@ def test_non_square_vit() -> None:
 
 
 # ====================================================================== channels other than 3
-def test_default_augmentations_refuse_other_channel_counts_clearly() -> None:
-    for channels in (1, 4):
-        with pytest.raises(ValueError, match=rf"3-channel RGB.*{channels}-channel.*augment_fn"):
-            BYOL(cnn(channels), 16, hidden_layer="6", **SMALL)
+def test_default_augmentations_fit_other_channel_counts_and_normalize_is_checked() -> None:
+    for channels in (1, 4):  # the channel-agnostic defaults (tests/test_channels.py)
+        learner = BYOL(cnn(channels), 16, hidden_layer="6", **SMALL)
+        assert learner.uses_default_augmentations and learner.normalizer is None
     with pytest.raises(ValueError, match=r"normalize has mean/std of \[4\] values but the inputs have 3 channels"):
         BYOL(cnn(3), 16, hidden_layer="6", normalize=([0.5] * 4, [0.2] * 4), **SMALL)
     with pytest.raises(ValueError, match="4 channels"):

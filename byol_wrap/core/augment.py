@@ -1,5 +1,9 @@
 """The paper's two image augmentation distributions T and T', with Kornia, per sample.
 
+For RGB (3 channels) they are the paper's; for any other channel count,
+:func:`byol_augmentation` builds their channel-agnostic counterpart from the stages in
+:mod:`byol_wrap.core.augment_channels` (docs/domain-imagery.md).
+
 Every random parameter (crop box, flip, jitter factors, blur sigma, ...) is drawn
 independently for each image of the batch, on the batch's device. The order of the four colour
 adjustments is drawn once per batch by default, as Kornia does, where the paper draws it per
@@ -31,6 +35,15 @@ import torch
 from kornia.color import rgb_to_grayscale
 from torch import Tensor, nn
 
+from .augment_channels import (
+    DEFAULT_GAMMA,
+    CheckChannels,
+    FactorSpec,
+    IntensityJitter,
+    RandomSolarizeRange,
+    ValueRange,
+    check_value_range,
+)
 from .probe import image_size_pair
 
 IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -219,47 +232,97 @@ def byol_augmentation(
     view: int = 1,
     normalize: Normalization = None,
     *,
+    channels: int = 3,
+    rgb: Optional[bool] = None,
     crop_scale: Tuple[float, float] = (0.08, 1.0),
     jitter_p: float = 0.8,
     blur_p: Optional[float] = None,
     solarize_p: Optional[float] = None,
-    jitter_order: str = "batch",
+    jitter_order: Optional[str] = None,
+    brightness: FactorSpec = 0.4,
+    contrast: FactorSpec = 0.4,
+    gamma: Optional[Tuple[float, float]] = None,
+    per_channel: bool = False,
+    value_range: ValueRange = None,
+    clip: bool = False,
 ) -> nn.Sequential:
-    """One of the paper's two augmentation pipelines, as a Kornia ``nn.Sequential``.
+    """One of the paper's two augmentation pipelines, as an ``nn.Sequential``, for ``channels``-channel images.
+
+    ``channels=3`` (the default) gives the paper's T and T' for RGB, with Kornia. Any other
+    count gives their channel-agnostic counterpart (docs/domain-imagery.md): the same crop,
+    flip, blur and probabilities, :class:`~byol_wrap.core.augment_channels.IntensityJitter`
+    (brightness, contrast, gamma) in place of the colour jitter, no grayscale step, and
+    :class:`~byol_wrap.core.augment_channels.RandomSolarizeRange` in place of the solarization.
 
     Args:
         image_size: output size, an int or ``(H, W)``.
         view: 1 for T (blur always, no solarization), 2 for T' (blur p=0.1, solarization p=0.2).
-        normalize: ``(mean, std)`` applied last; ``None`` (the default) for none. ``BYOL`` leaves
-            this at ``None`` and normalises after augmenting (its ``normalize`` option).
+        normalize: ``(mean, std)`` applied last (1 or ``channels`` values each); ``None`` (the
+            default) for none. ``BYOL`` leaves this at ``None`` and normalises after augmenting
+            (its ``normalize`` option).
+        channels: the number of input channels.
+        rgb: whether the images are RGB colour photographs (the paper's pipeline); ``None``
+            (default): ``channels == 3``. ``rgb=False`` with 3 channels gives the channel-agnostic
+            pipeline, e.g. for three microscopy stains or radar bands.
         crop_scale, jitter_p: area range of the random resized crop and probability of the
-            colour jitter (the paper's values by default).
+            colour (or intensity) jitter (the paper's values by default).
         blur_p, solarize_p: override the view's blur / solarization probability; a stage
             with probability 0 is left out.
-        jitter_order: ``"batch"`` (default): one random order of the four colour adjustments
-            per batch, as Kornia; ``"image"``: one per image, as the paper (slower on small
-            images; BENCHMARKS.md).
+        jitter_order: ``"batch"``: one random order of the jitter steps per batch, as Kornia;
+            ``"image"``: one per image, as the paper (for RGB slower on small images;
+            BENCHMARKS.md). ``None`` (default): ``"batch"`` for RGB, ``"image"`` otherwise.
+        brightness, contrast: jitter strength ``f`` (factors drawn from ``[1 - f, 1 + f]``) or a
+            range ``(lo, hi)``; 0.4 each in the paper.
+        gamma, per_channel, value_range, clip: channel-agnostic pipelines only (a ValueError for RGB):
+            the gamma exponent range (default ``(0.7, 1.5)``), factors drawn per channel too,
+            the data's value range ``(lo, hi)`` for gamma, solarization and the brightness
+            origin (``None``: each image's per-channel min and max, and brightness around 0),
+            and clamping the jitter's output to ``value_range``.
 
-    Input: float RGB images in [0, 1], ``(N, 3, H, W)``, any device. Output: ``(N, 3, *image_size)``.
+    Input: RGB: float images in [0, 1], ``(N, 3, H, W)``. Other channel counts: float images
+    ``(N, channels, H, W)`` at any scale (nothing is clipped unless ``clip=True``). Any device;
+    the output stays on it, ``(N, channels, *image_size)``.
 
     Example:
         >>> t1 = byol_augmentation(32, view=1)
         >>> t1(torch.rand(4, 3, 40, 40)).shape
         torch.Size([4, 3, 32, 32])
+        >>> t2 = byol_augmentation(32, view=2, channels=13)
+        >>> t2(torch.rand(4, 13, 40, 40) * 1000).shape
+        torch.Size([4, 13, 32, 32])
     """
     if view not in (1, 2):
         raise ValueError(f"view must be 1 (T) or 2 (T'), got {view!r}")
-    if jitter_order not in ("batch", "image"):
+    if jitter_order not in (None, "batch", "image"):
         raise ValueError(f"jitter_order must be 'batch' or 'image', got {jitter_order!r}")
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"channels must be a positive int, got {channels!r}")
+    check_normalization(normalize, channels)
     height, width = image_size_pair(image_size)
     view_blur_p, view_solarize_p = (1.0, 0.0) if view == 1 else (0.1, 0.2)
     blur_p = view_blur_p if blur_p is None else blur_p
     solarize_p = view_solarize_p if solarize_p is None else solarize_p
+    if rgb is None:
+        rgb = channels == 3
+    elif rgb and channels != 3:
+        raise ValueError(f"rgb=True needs channels=3, got channels={channels}")
+    if not rgb:
+        return _channel_augmentation(
+            (height, width), channels, normalize, crop_scale=crop_scale, jitter_p=jitter_p, blur_p=blur_p,
+            solarize_p=solarize_p, per_image_order=jitter_order != "batch", brightness=brightness, contrast=contrast,
+            gamma=DEFAULT_GAMMA if gamma is None else gamma, per_channel=per_channel, value_range=value_range,
+            clip=clip)
+    rgb_only = {"gamma": gamma is not None, "per_channel": per_channel, "value_range": value_range is not None,
+                "clip": clip}
+    if any(rgb_only.values()):
+        raise ValueError(f"{', '.join(k for k, v in rgb_only.items() if v)} only apply to the channel-agnostic "
+                         f"pipelines (channels != 3, or rgb=False); the RGB pipeline is the paper's, for images "
+                         f"in [0, 1]")
     stages: List[nn.Module] = [
         K.RandomResizedCrop((height, width), scale=(float(crop_scale[0]), float(crop_scale[1])), ratio=(3 / 4, 4 / 3)),
         K.RandomHorizontalFlip(p=0.5),
-        ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=jitter_p,
-                    per_image_order=jitter_order == "image"),
+        ColorJitter(brightness=brightness, contrast=contrast, saturation=0.2, hue=0.1,  # type: ignore[arg-type]
+                    p=jitter_p, per_image_order=jitter_order == "image"),
         K.RandomGrayscale(p=0.2),
     ]
     if blur_p > 0:
@@ -275,22 +338,71 @@ def byol_augmentation(
     return nn.Sequential(*stages)
 
 
+def _channel_augmentation(
+    size: Tuple[int, int],
+    channels: int,
+    normalize: Normalization,
+    *,
+    crop_scale: Tuple[float, float],
+    jitter_p: float,
+    blur_p: float,
+    solarize_p: float,
+    per_image_order: bool,
+    brightness: FactorSpec,
+    contrast: FactorSpec,
+    gamma: Tuple[float, float],
+    per_channel: bool,
+    value_range: ValueRange,
+    clip: bool,
+) -> nn.Sequential:
+    """The channel-agnostic T or T' (see :func:`byol_augmentation`): the paper's stages and probabilities
+    with the RGB-only steps replaced (intensity jitter, range solarization) or left out (grayscale)."""
+    height, width = size
+    stages: List[nn.Module] = [
+        CheckChannels(channels),
+        K.RandomResizedCrop((height, width), scale=(float(crop_scale[0]), float(crop_scale[1])), ratio=(3 / 4, 4 / 3)),
+        K.RandomHorizontalFlip(p=0.5),
+    ]
+    if jitter_p > 0:
+        stages.append(IntensityJitter(brightness, contrast, gamma, p=jitter_p, per_channel=per_channel,
+                                      value_range=value_range, clip=clip, per_image_order=per_image_order))
+    elif clip and value_range is None:
+        raise ValueError("clip=True clamps to value_range: give value_range=(lo, hi) as well")
+    if blur_p > 0:
+        stages.append(
+            K.RandomGaussianBlur((blur_kernel_size(height), blur_kernel_size(width)), sigma=(0.1, 2.0), p=blur_p)
+        )
+    if solarize_p > 0:
+        stages.append(RandomSolarizeRange(p=solarize_p, value_range=value_range))
+    else:
+        check_value_range(value_range)
+    if normalize is not None:
+        stages.append(ChannelNormalize(*normalize))
+    return nn.Sequential(*stages)
+
+
 def default_augmentations(
     image_size: Union[int, Sequence[int]],
     normalize: Normalization = None,
-    jitter_order: str = "batch",
+    jitter_order: Optional[str] = None,
+    *,
+    channels: int = 3,
+    rgb: Optional[bool] = None,
 ) -> Tuple[nn.Sequential, nn.Sequential]:
-    """The pair ``(T, T')`` that ``BYOL`` uses by default (unnormalised: ``BYOL`` applies
-    its ``normalize`` after them; pass ``normalize`` here to end both with it).
-    ``jitter_order="image"`` draws the colour jitter's order per image (see :func:`byol_augmentation`).
+    """The pair ``(T, T')`` that ``BYOL`` uses by default for ``channels``-channel images
+    (unnormalised: ``BYOL`` applies its ``normalize`` after them; pass ``normalize`` here to end
+    both with it). ``jitter_order`` and ``rgb`` as in :func:`byol_augmentation`.
 
     Example:
         >>> t1, t2 = default_augmentations(64)
         >>> t2(torch.rand(2, 3, 64, 64)).shape
         torch.Size([2, 3, 64, 64])
+        >>> t1, t2 = default_augmentations(64, channels=1)
+        >>> t1(torch.rand(2, 1, 64, 64)).shape
+        torch.Size([2, 1, 64, 64])
     """
-    return (byol_augmentation(image_size, 1, normalize, jitter_order=jitter_order),
-            byol_augmentation(image_size, 2, normalize, jitter_order=jitter_order))
+    return (byol_augmentation(image_size, 1, normalize, channels=channels, rgb=rgb, jitter_order=jitter_order),
+            byol_augmentation(image_size, 2, normalize, channels=channels, rgb=rgb, jitter_order=jitter_order))
 
 
 def to_float_images(x: Tensor) -> Tensor:
@@ -303,7 +415,9 @@ def to_float_images(x: Tensor) -> Tensor:
         return x.float().div_(255)
     if x.is_floating_point():
         return x
-    raise TypeError(f"images must be floating point in [0, 1] or uint8 in [0, 255], got dtype {x.dtype}")
+    raise TypeError(f"images must be floating point (in [0, 1] for RGB images; any scale for other channel counts) "
+                    f"or uint8 in [0, 255], got dtype {x.dtype}; convert other integers on the device, e.g. "
+                    f"x.float() / 65535 for 16-bit images")
 
 
 def imagenet_normalize(images: Tensor) -> Tensor:

@@ -51,35 +51,33 @@ NormalizeOption = Union[Normalization, str]
 
 
 def default_augmentations_error(input_shape: Sequence[int]) -> str:
-    """The message for inputs the default (RGB image) augmentations cannot handle."""
+    """The message for inputs that are not ``(channels, height, width)`` images, which the default
+    augmentations cannot handle (images with any number of channels they can)."""
     shape = tuple(input_shape)
-    if len(shape) != 3:
-        what = (f"inputs of shape {shape} are not (channels, height, width) images, so the default image "
-                f"augmentations cannot apply")
-        example = "e.g. random crops, scaling, jitter or added noise for 1-D signals"
-    else:
-        what = (f"the default augmentations are the paper's colour augmentations for 3-channel RGB images, "
-                f"but the net takes {shape[0]}-channel images {shape}")
-        example = (f"e.g. nn.Sequential(K.RandomResizedCrop({tuple(shape[1:])}), K.RandomHorizontalFlip()) with "
-                   f"kornia.augmentation as K, and normalize=(mean, std) with one value per channel")
-    return (f"{what}. Pass augment_fn (and optionally augment_fn2 for the second view): callables that take a "
-            f"batch (N, {', '.join(map(str, shape))}) and return a randomly augmented batch, {example}.")
+    return (f"inputs of shape {shape} are not (channels, height, width) images, so the default image "
+            f"augmentations cannot apply. Pass augment_fn (and optionally augment_fn2 for the second view): "
+            f"callables that take a batch (N, {', '.join(map(str, shape))}) and return a randomly augmented batch, "
+            f"e.g. random crops, scaling, jitter or added noise for 1-D signals.")
 
 
 def resolve_normalize(normalize: NormalizeOption, default_augmentations: bool, channels: int) -> Normalization:
     """The statistics ``BYOL`` normalises with, or ``None``.
 
-    ``"auto"`` means ImageNet statistics with the default augmentations and none with your
-    own ``augment_fn``; explicit statistics must have 1 or ``channels`` values each.
+    ``"auto"`` means ImageNet statistics with the default augmentations of 3-channel (RGB)
+    images, and none otherwise: with your own ``augment_fn``, and for any other channel count
+    (ImageNet's statistics describe RGB photographs; pass your data's per-channel
+    ``(mean, std)`` instead). Explicit statistics must have 1 or ``channels`` values each.
 
     Example:
         >>> resolve_normalize("auto", default_augmentations=False, channels=4) is None
+        True
+        >>> resolve_normalize("auto", default_augmentations=True, channels=1) is None
         True
     """
     if isinstance(normalize, str):
         if normalize != "auto":
             raise ValueError(f"normalize must be 'auto', None or a pair (mean, std), got {normalize!r}")
-        return (IMAGENET_MEAN, IMAGENET_STD) if default_augmentations else None
+        return (IMAGENET_MEAN, IMAGENET_STD) if default_augmentations and channels == 3 else None
     check_normalization(normalize, channels)
     return normalize
 
@@ -149,7 +147,8 @@ class BYOL(nn.Module):
         projection_size: output size of projector and predictor (256 in the paper).
         projection_hidden_size: hidden size of both MLPs (4096 in the paper).
         augment_fn: replaces T, the first view's augmentation (any callable on a batch).
-            Given alone, it is used for both views.
+            Given alone, it is used for both views. Default: the paper's T for 3 channels, else
+            ``byol_augmentation(image_size, 1, channels=C)`` (docs/domain-imagery.md).
         augment_fn2: replaces T', the second view's augmentation.
         moving_average_decay: the EMA decay, the paper's ``tau_base`` (0.996).
         total_steps: number of :meth:`update_moving_average` calls in the run; when given,
@@ -162,7 +161,8 @@ class BYOL(nn.Module):
         normalize: ``(mean, std)`` (one value per input channel, or one for all),
             ``None``, or ``"auto"``. It runs after whichever augmentation runs and on
             embedding inputs; ``"auto"`` (the default) means ImageNet statistics with the
-            default augmentations and none with your own ``augment_fn``.
+            default augmentations of 3-channel images, and none with your own ``augment_fn``
+            or with other channel counts (pass your data's per-channel statistics there).
         token_pool: pooling of 3-D outputs: ``"cls"``, ``"mean"`` (over tokens),
             ``"spatial"`` (``(N, C, L)`` maps) or ``"auto"`` (class token if the net has one).
         pool_fn: a callable replacing the default pooling of the hidden layer's output.
@@ -267,9 +267,9 @@ class BYOL(nn.Module):
         """T and T' (the paper's unless given) and the normalisation that follows whichever runs."""
         self.uses_default_augmentations = augment_fn is None and augment_fn2 is None
         if self.uses_default_augmentations:
-            if len(self.input_shape) != 3 or self.input_shape[0] != 3:
+            if len(self.input_shape) != 3:
                 raise ValueError(default_augmentations_error(self.input_shape))
-            augment_fn, augment_fn2 = default_augmentations(self.input_shape[1:])
+            augment_fn, augment_fn2 = default_augmentations(self.input_shape[1:], channels=self.input_shape[0])
         self.augment1: Augment = augment_fn  # type: ignore[assignment]
         self.augment2: Augment = augment_fn2 if augment_fn2 is not None else augment_fn  # type: ignore[assignment]
         stats = resolve_normalize(normalize, self.uses_default_augmentations, self.input_shape[0])
@@ -397,7 +397,13 @@ class BYOL(nn.Module):
             )
         if not augmented or self.uses_default_augmentations:
             expected = self.input_shape
-            if x.ndim != len(expected) + 1 or x.shape[1] != expected[0]:
+            if x.ndim == len(expected) + 1 and x.shape[1] != expected[0]:
+                raise ValueError(
+                    f"the net takes {expected[0]}-channel inputs (N, {', '.join(map(str, expected))}) but the batch "
+                    f"has {x.shape[1]} channels, shape {tuple(x.shape)}; pass {expected[0]}-channel images (the "
+                    f"default augmentations are built for the net's first convolution, or input_shape)"
+                )
+            if x.ndim != len(expected) + 1:
                 raise ValueError(
                     f"expected input of shape (N, {', '.join(map(str, expected))}) "
                     f"(N, C{', H, W' if len(expected) == 3 else ', ...'}"
@@ -426,10 +432,11 @@ class BYOL(nn.Module):
                 )
 
     def _check_values(self, x: Tensor) -> None:
-        """NaN/inf raise; float images far outside [0, 1] warn once (default augmentations)."""
+        """NaN/inf raise; float images far outside [0, 1] warn once (default augmentations: for RGB
+        always, for other channel counts, which work at any scale, when nothing normalises them)."""
         lo, hi = check_input_batch(x)
         if self.uses_default_augmentations and not self._range_warned:
-            message = range_message(lo, hi)
+            message = range_message(lo, hi, self.input_shape[0], normalized=self.normalizer is not None)
             if message is not None:
                 self._range_warned = True
                 warnings.warn(message, ImageRangeWarning, stacklevel=4)
@@ -460,7 +467,8 @@ class BYOL(nn.Module):
         """The symmetric BYOL loss of a batch, or its online embedding.
 
         Args:
-            x: images ``(N, C, H, W)``, float in [0, 1] or uint8 in [0, 255].
+            x: images ``(N, C, H, W)``, uint8 in [0, 255] or float: in [0, 1] for 3-channel
+                images with the default augmentations, at any scale for other channel counts.
             return_embedding: return ``(projection, representation)`` of the online
                 network for ``x`` without augmentation (normalised like the default views).
             return_projection: with ``return_embedding``, ``False`` returns the

@@ -75,10 +75,21 @@ def check_input_batch(x: Tensor, what: str = "input batch") -> Tuple[float, floa
     return lo, hi
 
 
-def range_message(lo: float, hi: float) -> Optional[str]:
-    """The warning for float images whose values ``[lo, hi]`` lie far outside [0, 1], else ``None``."""
-    if lo >= WARN_BELOW and hi <= WARN_ABOVE:
+def range_message(lo: float, hi: float, channels: int = 3, normalized: bool = False) -> Optional[str]:
+    """The warning for float images whose values ``[lo, hi]`` lie far outside [0, 1], else ``None``.
+
+    For ``channels != 3`` the default augmentations work at any scale: only unnormalised inputs warn.
+
+    Example:
+        >>> range_message(0.0, 1000.0, channels=13, normalized=True) is None
+        True
+    """
+    if lo >= WARN_BELOW and hi <= WARN_ABOVE or channels != 3 and normalized:
         return None
+    if channels != 3:
+        return (f"float images span [{lo:.4g}, {hi:.4g}] and reach the net unnormalised: the {channels}-channel "
+                f"augmentations work at any scale, but pass normalize=(mean, std) with your data's per-channel "
+                f"statistics (normalize='auto' uses none for {channels}-channel images). Warned once per learner.")
     hint = ("0-255 values as floats? divide by 255 or pass uint8" if hi > 2.0 and lo >= -0.5 else
             "already normalised, or noise? pass images in [0, 1]: the learner normalises after augmenting")
     return (f"float images should lie in [0, 1] (or be uint8 in [0, 255]); this batch spans "

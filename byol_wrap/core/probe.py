@@ -135,7 +135,13 @@ def probe_failure(
 was built for, or input_shape=(channels, ...) for inputs that are not RGB images.
     """
     given = f" (image_size={image_size!r})" if image_size is not None else ""
+    first_conv = next((m for m in net.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
+    channels = ""
+    if first_conv is not None and len(shape) > 1 and first_conv.in_channels != shape[0]:
+        channels = (f" Its first convolution takes {first_conv.in_channels} channels but the inputs have {shape[0]}: "
+                    f"pass input_shape with {first_conv.in_channels} channels, or leave it out (the channel count is "
+                    f"then read from that convolution).")
     return ValueError(
         f"{type(net).__name__} does not accept inputs of shape {tuple(shape)}{given}: {error}. Give the image_size "
-        f"the net was built for, or input_shape=(channels, ...) for inputs that are not RGB images."
+        f"the net was built for, or input_shape=(channels, ...) for inputs that are not RGB images.{channels}"
     )
