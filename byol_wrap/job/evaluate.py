@@ -535,15 +535,15 @@ def format_table(report: Dict[str, Any]) -> str:
         >>> print(format_table({"ks": [20], "results": {"encoder": {"knn_top1": {"20": 0.5},
         ...       "linear_probe": {"top1": 0.75, "C": 1.0}}}, "train_images": 8, "test_images": 2,
         ...       "seconds": {"total": 1.0}}))
-                   kNN k=20  linear probe (C)
-        encoder       50.0%      75.0% (1)
+                     kNN k=20  linear probe (C)
+        encoder         50.0%      75.0% (1)
         8 training / 2 test images; 1 s
     """
     ks = [str(k) for k in report["ks"]]
-    header = f"{'':<12}" + "".join(f"{'kNN k=' + k:>10}" for k in ks) + f"{'linear probe (C)':>18}"
+    header = f"{'':<10}" + "".join(f"{'kNN k=' + k:>11}" for k in ks) + f"{'linear probe (C)':>18}"
     lines = [header]
     for name, result in report["results"].items():
-        row = f"{name:<12}" + "".join(f"{result['knn_top1'][k]:>10.1%}" for k in ks)
+        row = f"{name:<10}" + "".join(f"{result['knn_top1'][k]:>11.1%}" for k in ks)
         probe = result["linear_probe"]
         row += f"{probe['top1']:>11.1%} ({probe['C']:g})"
         lines.append(row)
