@@ -86,15 +86,18 @@ def run(args: argparse.Namespace) -> None:
                 subprocess.run(command, check=True, cwd=ROOT)
                 pretrain_seconds = time.perf_counter() - started
             machine = _machine()
+            cpu_started = time.process_time()
             report = evaluate(run_dir / "encoder.pt", "digits" if data == "digits" else args.cifar, seed=seed,
                               out=run_dir / "eval" / "report.json", progress=False)
+            eval_cpu_seconds = time.process_time() - cpu_started
             print(format_table(report), flush=True)
             row: Dict[str, Any] = {"data": data, "seed": seed, "command": " ".join(command[1:]),
                                    "pretrain_seconds": pretrain_seconds, "machine": machine,
                                    "results": {name: {"knn20": r["knn_top1"]["20"], "knn200": r["knn_top1"]["200"],
                                                       "probe": r["linear_probe"]["top1"], "C": r["linear_probe"]["C"]}
                                                for name, r in report["results"].items()},
-                                   "eval_seconds": report["seconds"], "train_images": report["train_images"],
+                                   "eval_seconds": report["seconds"], "eval_cpu_seconds": eval_cpu_seconds,
+                                   "train_images": report["train_images"],
                                    "test_images": report["test_images"]}
             with out.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
