@@ -119,9 +119,11 @@ def report(path: Path) -> str:
             res = [r["results"][net] for r in group]
             gaps = [x["probe"] - x["knn20"] for x in res]
             seconds = statistics.mean(r["eval_seconds"]["total"] for r in group)
+            cpu = [r["eval_cpu_seconds"] for r in group if "eval_cpu_seconds" in r]
+            cpu_text = f", CPU {statistics.mean(cpu):.0f}" if cpu else ""
             lines.append(f"| {data} | {net} | {_mean_sd([x['knn20'] for x in res])} | "
                          f"{_mean_sd([x['knn200'] for x in res])} | {_mean_sd([x['probe'] for x in res])} | "
-                         f"{_mean_sd(gaps)} | {seconds:.0f} (both nets) | {len(group)} |")
+                         f"{_mean_sd(gaps)} | wall {seconds:.0f}{cpu_text} (both nets) | {len(group)} |")
     lines.append("")
     lines.append("Per seed (encoder / untrained, %): " + "; ".join(
         f"{r['data']} seed {r['seed']}: kNN20 {100 * r['results']['encoder']['knn20']:.1f}/"
