@@ -69,9 +69,10 @@ def run(args: argparse.Namespace) -> None:
     done = _done(out)
     for seed in args.seeds:  # seeds outside: an interrupted benchmark still covers both data sets
         for data in args.data:
-            if (data, seed) in done:
+            label = f"{data}-{args.tag}" if args.tag else data
+            if (label, seed) in done:
                 continue
-            run_dir = Path(args.runs) / f"{data}_seed{seed}"
+            run_dir = Path(args.runs) / f"{label}_seed{seed}"
             command = [sys.executable, "-m", "byol_wrap", "pretrain"]
             if data == "cifar":
                 command += [args.cifar, "--steps", str(args.cifar_steps), "--batch-size", str(args.cifar_batch_size)]
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> None:
                               out=run_dir / "eval" / "report.json", progress=False)
             eval_cpu_seconds = time.process_time() - cpu_started
             print(format_table(report), flush=True)
-            row: Dict[str, Any] = {"data": data, "seed": seed, "command": " ".join(command[1:]),
+            row: Dict[str, Any] = {"data": label, "seed": seed, "command": " ".join(command[1:]),
                                    "pretrain_seconds": pretrain_seconds, "machine": machine,
                                    "results": {name: {"knn20": r["knn_top1"]["20"], "knn200": r["knn_top1"]["200"],
                                                       "probe": r["linear_probe"]["top1"], "C": r["linear_probe"]["C"]}
@@ -113,7 +114,7 @@ def report(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     lines = ["| data | net | kNN k=20 | kNN k=200 | linear probe | probe - kNN20 | eval time (s) | seeds |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for data in sorted({r["data"] for r in rows}, key=lambda d: d != "digits"):
+    for data in sorted({r["data"] for r in rows}, key=lambda d: (d != "digits", d)):
         group = [r for r in rows if r["data"] == data]
         for net in ("encoder", "untrained"):
             res = [r["results"][net] for r in group]
@@ -146,6 +147,7 @@ def main() -> None:
     parser.add_argument("--cifar-batch-size", type=int, default=64)
     parser.add_argument("--runs", default="/tmp/byol_wrap_eval_runs")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "evaluate" / "runs.jsonl"))
+    parser.add_argument("--tag", default="", help="suffix of the data label and run folders (another budget)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="torch threads for pretraining and evaluation (default: torch's choice)")
     parser.add_argument("--report", default=None, metavar="RUNS_JSONL")
