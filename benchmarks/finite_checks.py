@@ -8,8 +8,17 @@ ratio of ~1.00 is within the noise of a shared machine, the checks are also time
 own (input check, BatchNorm snapshot, loss check, EMA weight check, each at the step's real
 tensors): that figure in milliseconds is the cost per step, the ratio confirms it.
 
+The EMA part (issue 18) times the target update over ResNet-18 + projector parameters as
+``BYOL.update_moving_average`` does it, fused ``ema_update_`` with the finite-weight check
+(``checks.all_finite``), against per-parameter loops (byol-pytorch's ``t.data = t.data * tau
++ (1 - tau) * o.data``, and an in-place ``mul_``/``add_`` loop), the fused update without any
+check, and with the previous check (a ``torch.aminmax`` per tensor). The contestants run in
+interleaved rounds (order reversed every other round); reported are medians and the median
+(quartiles) of the per-round ratios loop / contestant.
+
 Usage:
     python -m benchmarks.finite_checks --out benchmarks/results/finite_checks/cpu.json
+    python -m benchmarks.finite_checks --ema-only --ema-rounds 60 --out benchmarks/results/finite_checks/ema.json
 """
 from __future__ import annotations
 
@@ -30,6 +39,8 @@ from torch import nn
 from benchmarks.common import SmallCNN
 from byol_wrap import BYOL
 from byol_wrap.core import checks
+from byol_wrap.core.ema import ema_update_
+from byol_wrap.core.heads import MLP
 from byol_wrap.job.io import atomic_write_text
 
 
@@ -124,6 +135,107 @@ def measure(name: str, batch_size: int, image_size: int, rounds: int, steps_per_
     }
 
 
+def aminmax_check(tensors: List[torch.Tensor]) -> bool:
+    """The weight check before issue 18: a min/max and a stack per tensor, one sync per device."""
+    by_device: Dict[torch.device, List[torch.Tensor]] = {}
+    for t in tensors:
+        if t.is_floating_point() and t.numel():
+            by_device.setdefault(t.device, []).append(torch.stack(torch.aminmax(t.detach())).float())
+    return all(bool(torch.isfinite(torch.stack(group)).all()) for group in by_device.values())
+
+
+def quartiles(values: List[float]) -> List[float]:
+    return [round(q, 3) for q in statistics.quantiles(values, n=4)] if len(values) > 1 else values
+
+
+def measure_ema(rounds: int, device: torch.device, hidden_size: int = 4096) -> Dict[str, Any]:
+    """The EMA update with and without the finite check, against per-parameter loops (interleaved)."""
+    torch.manual_seed(0)
+    online = list(torchvision.models.resnet18().parameters())
+    online += list(MLP(512, hidden_dim=hidden_size, output_dim=256).parameters())
+    online = [nn.Parameter(p.detach().to(device)) for p in online]
+    target = [p.detach().clone() for p in online]
+    lucid_target = [nn.Parameter(p.detach().clone(), requires_grad=False) for p in online]
+    loop_target = [p.detach().clone() for p in online]
+    tau = 0.996
+
+    def fused_checked() -> None:  # what BYOL.update_moving_average runs with check_finite=True
+        if not checks.all_finite(online):
+            raise RuntimeError("non-finite weights in the benchmark")
+        ema_update_(target, online, tau)
+
+    def fused_aminmax() -> None:
+        if not aminmax_check(online):
+            raise RuntimeError("non-finite weights in the benchmark")
+        ema_update_(target, online, tau)
+
+    def fused() -> None:
+        ema_update_(target, online, tau)
+
+    def check_alone() -> None:
+        checks.all_finite(online)
+
+    def aminmax_check_alone() -> None:
+        aminmax_check(online)
+
+    def byol_pytorch_loop() -> None:
+        for o, t in zip(online, lucid_target):
+            t.data = t.data * tau + (1 - tau) * o.data
+
+    @torch.no_grad()
+    def inplace_loop() -> None:
+        for t, o in zip(loop_target, online):
+            t.mul_(tau).add_(o, alpha=1 - tau)
+
+    contestants: Dict[str, Callable[[], Any]] = {
+        "fused_with_check": fused_checked, "byol_pytorch_loop": byol_pytorch_loop, "inplace_loop": inplace_loop,
+        "fused_without_check": fused, "fused_with_aminmax_check": fused_aminmax, "check_alone": check_alone,
+        "aminmax_check_alone": aminmax_check_alone,
+    }
+    for fn in contestants.values():  # warm-up
+        fn()
+    times: Dict[str, List[float]] = {name: [] for name in contestants}
+    for r in range(rounds):
+        order = list(contestants.items())
+        if r % 2:
+            order.reverse()
+        for name, fn in order:
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+
+    def ratios(loop: str, contestant: str) -> List[float]:
+        return [a / b for a, b in zip(times[loop], times[contestant])]
+
+    result: Dict[str, Any] = {
+        "parameters": sum(p.numel() for p in online), "tensors": len(online), "device": str(device),
+        "rounds": rounds, "median_ms": {k: round(statistics.median(v) * 1e3, 3) for k, v in times.items()},
+    }
+    for loop in ("byol_pytorch_loop", "inplace_loop"):
+        for contestant in ("fused_with_check", "fused_without_check", "fused_with_aminmax_check"):
+            values = ratios(loop, contestant)
+            result[f"{loop}/{contestant}"] = {"median": round(statistics.median(values), 3),
+                                              "quartiles": quartiles(values)}
+    for check in ("check_alone", "aminmax_check_alone"):
+        share = [c / f for c, f in zip(times[check], times["fused_without_check"])]
+        result[f"{check}/fused_without_check"] = {"median": round(statistics.median(share), 3),
+                                                  "quartiles": quartiles(share)}
+    return result
+
+
+def cpu_model() -> str:
+    """The CPU's model name as lscpu shows it (from /proc/cpuinfo), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv: Any = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(models()), choices=list(models()))
@@ -135,18 +247,23 @@ def main(argv: Any = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--projection-hidden-size", type=int, default=4096)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--ema-rounds", type=int, default=40, help="rounds of the EMA comparison (0: skip it)")
+    parser.add_argument("--ema-only", action="store_true", help="only the EMA comparison, no training steps")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    results = [measure(m, args.batch_size, args.image_size, args.rounds, args.steps_per_round, device,
-                       args.projection_hidden_size) for m in args.models]
-    payload = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    results = [] if args.ema_only else [
+        measure(m, args.batch_size, args.image_size, args.rounds, args.steps_per_round, device,
+                args.projection_hidden_size) for m in args.models]
+    payload: Dict[str, Any] = {
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start, "
                    f"torch.get_num_threads()={torch.get_num_threads()}, torch {torch.__version__}"
                    + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
         "command": " ".join([os.path.basename(sys.executable), "benchmarks/finite_checks.py", *sys.argv[1:]]),
         "results": results,
     }
+    if args.ema_rounds > 0:
+        payload["ema"] = measure_ema(args.ema_rounds, device, args.projection_hidden_size)
     text = json.dumps(payload, indent=2) + "\n"
     if args.out is not None:
         atomic_write_text(args.out, text)

@@ -18,7 +18,9 @@ Rows (each with and without ``torch.compile`` of the learner):
 
 plus, for byol-wrap's default augmentations, their share of a step (T and T' timed alone,
 interleaved with full steps), and a step whose batches come from JPEG files through the job
-layer's loader (``byol_wrap.job.data``: decoding in DataLoader workers, uint8 to the GPU).
+layer's loader (``byol_wrap.job.data``: decoding in DataLoader workers, uint8 to the GPU), and the
+same step with the batches read back from the image cache (``cached-loader``: one untimed epoch
+fills it first); both report the share of the step spent waiting for data.
 
 Every row builds its learner fresh, runs ``--warmup`` steps (compilation happens there),
 then ``--steps`` timed steps with the device synchronised before and after each; images/s
@@ -58,7 +60,7 @@ from byol_wrap import BYOL
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "gpu"
 LIBRARY_ROWS = ("byol-wrap", "byol-wrap-per-view", "byol-wrap-noaug", "byol-pytorch", "byol-pytorch-noaug")
-EXTRA_ROWS = ("augment-share", "jpeg-loader")
+EXTRA_ROWS = ("augment-share", "jpeg-loader", "cached-loader")
 ROWS = LIBRARY_ROWS + EXTRA_ROWS
 
 
@@ -230,8 +232,9 @@ def write_jpegs(folder: Path, count: int, size: int) -> None:
         Image.fromarray(array).save(folder / f"{i:05d}.jpg", quality=90)
 
 
-def run_jpeg_loader(args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
-    """byol-wrap's default step with batches decoded from JPEG files by byol_wrap.job.data's loader."""
+def run_jpeg_loader(args: argparse.Namespace, device: torch.device, cached: bool = False) -> Dict[str, Any]:
+    """byol-wrap's default step with batches decoded from JPEG files by byol_wrap.job.data's loader, or, with
+    ``cached``, read back from the image cache (filled first by one untimed epoch that decodes and writes it)."""
     try:
         from byol_wrap.job import data  # the job layer (pip install "byol-wrap[train]")
     except ImportError as error:
@@ -245,7 +248,23 @@ def run_jpeg_loader(args: argparse.Namespace, device: torch.device) -> Dict[str,
         if len(dataset) < needed:
             return {"skipped": f"{folder} has {len(dataset)} images, the row needs {needed}"}
         workers = args.workers if args.workers is not None else data.default_workers()
-        loader = data.make_loader(dataset, args.batch_size, workers=workers, seed=0, epoch=0,
+        fill_s = None
+        if cached:
+            from byol_wrap.job.data.cache import CachedImages, attach_cache
+
+            run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            dataset = attach_cache(dataset, "auto", run_dir, say=lambda line: None)
+            if not isinstance(dataset, CachedImages):
+                return {"skipped": "the image cache was not used (not enough free disk space?)"}
+            stack.callback(dataset.close)
+            started = time.perf_counter()
+            filler = data.make_loader(dataset, args.batch_size, workers=workers, seed=0, epoch=0, drop_last=False,
+                                      continuous=False)
+            for _ in filler:
+                pass
+            filler.close()
+            fill_s = time.perf_counter() - started
+        loader = data.make_loader(dataset, args.batch_size, workers=workers, seed=0, epoch=1 if cached else 0,
                                   pin_memory=device.type == "cuda")
         learner = make_learner("byol-wrap", args, device)
         step = make_step(learner, args, device, compiled=False)
@@ -263,8 +282,10 @@ def run_jpeg_loader(args: argparse.Namespace, device: torch.device) -> Dict[str,
             if i >= args.warmup:
                 waits.append(loaded - start)
                 steps.append(time.perf_counter() - start)
+        loader.close()
         result = summary(steps, args.batch_size)
-        result.update(median_data_wait_s=statistics.median(waits), workers=workers, images=len(dataset),
+        result.update(median_data_wait_s=statistics.median(waits), data_wait_share=sum(waits) / sum(steps),
+                      workers=workers, images=len(dataset), cache_fill_s=fill_s,
                       jpeg_folder=str(args.jpeg_dir) if args.jpeg_dir else f"generated ({args.jpeg_size} px)")
         return result
 
@@ -335,13 +356,15 @@ def markdown(payload: Dict[str, Any]) -> str:
                       f"{share['median_step_s'] * 1e3:.1f} ms)."]
     elif share:
         lines += ["", f"Augmentation share: {share.get('error') or share.get('skipped')}"]
-    jpeg = payload["results"].get("jpeg-loader")
-    if jpeg and "images_per_s" in jpeg:
-        lines += ["", f"Step with batches from JPEG files (byol_wrap.job.data, {jpeg['workers']} workers, "
-                      f"{jpeg['jpeg_folder']}): {jpeg['images_per_s']:.1f} images/s, median step "
-                      f"{jpeg['median_step_s']:.4f} s of which {jpeg['median_data_wait_s']:.4f} s waiting for data."]
-    elif jpeg:
-        lines += ["", f"JPEG row: {jpeg.get('error') or jpeg.get('skipped')}"]
+    for key, what in (("jpeg-loader", "decoded from JPEG files"), ("cached-loader", "read from the image cache")):
+        jpeg = payload["results"].get(key)
+        if jpeg and "images_per_s" in jpeg:
+            lines += ["", f"Step with batches {what} (byol_wrap.job.data, {jpeg['workers']} workers, "
+                          f"{jpeg['jpeg_folder']}): {jpeg['images_per_s']:.1f} images/s, median step "
+                          f"{jpeg['median_step_s']:.4f} s of which {jpeg['median_data_wait_s']:.4f} s waiting for "
+                          f"data ({100 * jpeg['data_wait_share']:.0f} % of the time)."]
+        elif jpeg:
+            lines += ["", f"{key} row: {jpeg.get('error') or jpeg.get('skipped')}"]
     return "\n".join(lines) + "\n"
 
 
@@ -387,6 +410,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         record("augment-share", lambda: run_augment_share(args, device))
     if "jpeg-loader" in args.rows:
         record("jpeg-loader", lambda: run_jpeg_loader(args, device))
+    if "cached-loader" in args.rows:
+        record("cached-loader", lambda: run_jpeg_loader(args, device, cached=True))
     args.out.with_suffix(".md").write_text(markdown(payload))
     print(markdown(payload))
     return payload

@@ -122,6 +122,7 @@ def test_target_starts_as_copy_and_is_not_optimised():
     assert not torch.equal(learner.net.conv1.weight, before[0])
 
 
+@pytest.mark.filterwarnings("ignore::byol_wrap.core.ema.MovingAverageWarning")  # EMA calls without training
 def test_update_moving_average_formula_and_fused_ops(monkeypatch):
     learner = make_learner(moving_average_decay=0.9)
     with torch.no_grad():
@@ -138,6 +139,7 @@ def test_update_moving_average_formula_and_fused_ops(monkeypatch):
         torch.testing.assert_close(t, 0.9 * xi + 0.1 * theta)
 
 
+@pytest.mark.filterwarnings("ignore::byol_wrap.core.ema.MovingAverageWarning")  # EMA calls without training
 def test_tau_schedule_follows_update_calls():
     learner = make_learner(moving_average_decay=0.99, total_steps=8)
     used = [learner.update_moving_average() for _ in range(10)]
@@ -149,6 +151,7 @@ def test_tau_schedule_follows_update_calls():
     assert [constant.update_moving_average() for _ in range(3)] == pytest.approx([0.98] * 3)
 
 
+@pytest.mark.filterwarnings("ignore::byol_wrap.core.ema.MovingAverageWarning")  # EMA calls without training
 def test_ema_step_is_saved_and_restored():
     learner = make_learner(total_steps=100)
     for _ in range(7):

@@ -122,5 +122,22 @@ def test_a_run_draws_neighbours_png_and_exports_from_its_checkpoint(capsys, tmp_
         expected = load_encoder(run_dir / "encoder.pt")(x)
         got = load_encoder(run_dir / "encoder.safetensors")(x)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-7 * float(expected.abs().max()))
-    assert_one_line(*run(capsys, "export", run_dir)[::2], "encoder.pt exists", "--overwrite")
-    assert run(capsys, "export", run_dir, "--overwrite")[0] == 0
+    assert_one_line(*run(capsys, "export", run_dir, "--format", "safetensors")[::2], "exists", "--overwrite")
+    assert run(capsys, "export", run_dir, "--format", "safetensors", "--overwrite")[0] == 0
+    assert_one_line(*run(capsys, "export", run_dir, "--out", run_dir / "encoder.pt")[::2], "exists", "--overwrite")
+    assert run(capsys, "export", run_dir)[0] == 0  # the run's own encoder.pt is rewritten (export_run's rule)
+
+
+def test_eval_of_a_network_outside_the_built_in_families_needs_model(capsys, setup, tmp_path):
+    source = tmp_path / "my_net.py"
+    source.write_text("from torch import nn\n\ndef build():\n    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), "
+                      "nn.AdaptiveAvgPool2d(1), nn.Flatten())\n")
+    spec = f"{source}:build"
+    from byol_wrap.job.models import build_model
+
+    path = export_encoder(build_model(spec), tmp_path / "encoder.pt", model_spec=spec, hidden_layer=-1,
+                          image_size=12, normalize=None, representation_size=4, steps=0)
+    root = setup["root"]
+    assert_one_line(*run(capsys, "eval", path, root / "train", "--no-progress", "--workers", "0")[::2], "--model")
+    code, out, err = run(capsys, "eval", path, root / "train", "--model", spec, "--no-progress", "--workers", "0")
+    assert code == 0 and "untrained" in out, err

@@ -91,10 +91,13 @@ def test_user_callable_spec_and_model_argument(tmp_path):
     x = torch.rand(2, 3, 8, 8)
     with torch.no_grad():
         expected = net.eval()[:5](x)
-        torch.testing.assert_close(load_encoder(path)(x), expected)
-    source.unlink()  # the spec cannot be rebuilt any more
-    with pytest.raises(RuntimeError, match=r"cannot rebuild model spec .*pass model="):
-        load_encoder(path)
+        # a file never decides which code runs: the recorded spec is refused, the caller's own is built
+        with pytest.raises(ValueError, match=r"not one of the built-in families.*pass model="):
+            load_encoder(path)
+        torch.testing.assert_close(load_encoder(path, model=spec)(x), expected)
+    source.unlink()  # the spec cannot be built any more
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_encoder(path, model=spec)
     torch.testing.assert_close(load_encoder(path, model=build_model(nn.Sequential(
         nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         nn.Linear(6, 10))))(x), expected)

@@ -159,7 +159,7 @@ def test_full_disk_during_a_checkpoint_stops_and_keeps_the_last_one(tmp_path, mo
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save)
-    with pytest.raises(TrainingStopped, match=r"No space left on device.*previous checkpoint is unchanged"):
+    with pytest.raises(TrainingStopped, match=r"No space left on device.*last checkpoint \(step 2\) is intact"):
         pretrain(root, out=out, steps=6, checkpoint_every=2, **SMALL)
     monkeypatch.setattr(torch, "save", real_save)
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)

@@ -97,6 +97,7 @@ def test_nonfinite_loss_from_finite_inputs_puts_batchnorm_statistics_back():
     assert "net.bn1.running_mean" in changed_entries(before, learner)
 
 
+@pytest.mark.filterwarnings("ignore::byol_wrap.core.ema.MovingAverageWarning")  # EMA calls without training
 def test_update_moving_average_refuses_nonfinite_online_weights():
     learner = make_learner()
     with torch.no_grad():
@@ -385,13 +386,17 @@ def test_finite_checks_benchmark_runs(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.finite_checks", "--models", "small_cnn_w32", "--batch-size", "4",
          "--image-size", "16", "--rounds", "2", "--steps-per-round", "1", "--projection-hidden-size", "64",
-         "--out", str(out)],
+         "--ema-rounds", "2", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
     import json
 
-    (row,) = json.loads(out.read_text())["results"]
+    payload = json.loads(out.read_text())
+    (row,) = payload["results"]
+    ema = payload["ema"]
+    assert ema["rounds"] == 2 and ema["median_ms"]["fused_with_check"] > 0
+    assert ema["byol_pytorch_loop/fused_with_check"]["median"] > 0
     assert row["step_ms_checks_on"] > 0 and row["median_ratio_on_off"] > 0
     assert set(row["checks_alone_ms"]) == {"input_check", "batchnorm_snapshot", "loss_check", "ema_weight_check",
                                            "total"}

@@ -17,19 +17,17 @@ from .augment import (
     default_augmentations,
     to_float_images,
 )
-from .batchnorm import ViewBatching, per_view_batchnorm, resolve_view_batching
+from .batchnorm import ViewBatching, per_view_batchnorm, resolve_view_batching, unsplittable_layers
 from .checks import (
     ImageRangeWarning,
     NonFiniteError,
-    all_finite,
     check_input_batch,
     check_loss,
-    nonfinite_names,
+    check_online_weights,
     range_message,
     restore_batchnorm_on_error,
-    shorten,
 )
-from .ema import PAPER_MOVING_AVERAGE_DECAY, cosine_tau, ema_update_
+from .ema import PAPER_MOVING_AVERAGE_DECAY, UpdateCalls, cosine_tau, ema_update_
 from .heads import MLP, resolve_sync_batchnorm
 from .hooks import AmbiguousOutputError, HiddenLayerNotRunError, LayerSpec, RepresentationExtractor, resolve_layer
 from .loss import symmetric_byol_loss
@@ -151,8 +149,8 @@ class BYOL(nn.Module):
             ``byol_augmentation(image_size, 1, channels=C)`` (docs/domain-imagery.md).
         augment_fn2: replaces T', the second view's augmentation.
         moving_average_decay: the EMA decay, the paper's ``tau_base`` (0.996).
-        total_steps: number of :meth:`update_moving_average` calls in the run; when given,
-            tau follows the paper's cosine schedule from ``moving_average_decay`` to 1.
+        total_steps: number of :meth:`update_moving_average` calls in the run; when given, tau follows
+            the paper's cosine schedule from ``moving_average_decay`` to 1, then stays exactly 1.0.
         use_momentum: ``False`` gives the SimSiam variant (target = online under
             stop-gradient, no EMA).
         sync_batchnorm: ``nn.SyncBatchNorm`` in projector and predictor; ``None``: when
@@ -171,11 +169,12 @@ class BYOL(nn.Module):
         view_batching: how the two views go through the networks. ``"one_pass"``: as one
             batch, each BatchNorm layer normalising each view with its own statistics (the
             paper's per-view passes, same loss, gradients and running statistics, computed in
-            one pass; see :func:`byol_wrap.core.batchnorm.per_view_batchnorm`). ``"per_view"``: one
+            one pass, thread-safe; see :func:`byol_wrap.core.batchnorm.per_view_batchnorm`; a
+            ``SyncBatchNorm`` syncing across processes gets a forward per view). ``"per_view"``: one
             forward per view. ``"concat"``: one batch whose BatchNorm statistics mix the views
             (byol-pytorch's behaviour). ``"auto"`` (default): the faster of the first two
             as measured on a CPU, ``"one_pass"`` up to 48 x 48 pixels per view, else
-            ``"per_view"`` (also when ``hidden_layer`` lies inside a BatchNorm module).
+            ``"per_view"``.
         concat_views: deprecated; ``True`` is ``view_batching="concat"``.
         input_shape: per-sample input shape for the probe when ``image_size`` does not
             describe it, e.g. ``(channels, length)`` for a 1-D signal encoder.
@@ -251,6 +250,7 @@ class BYOL(nn.Module):
         self.view_batching = resolve_view_batching(view_batching, concat_views, net, self.extractor.layer,
                                                    self.input_shape)
         self.ema_step = 0
+        self._ema_calls = UpdateCalls()
         self._set_augmentations(augment_fn, augment_fn2, normalize)
         device, dtype = module_device_dtype(net)
         self.representation_size, unused = self._probe(device, dtype, image_size)
@@ -478,6 +478,7 @@ class BYOL(nn.Module):
         if return_embedding:
             projection, representation = self._online(self._to_net_input(self._normalize(x)))
             return (projection, representation) if return_projection else representation
+        self._ema_calls.forward()
         if not self.check_finite:
             return self._loss(x)
         with restore_batchnorm_on_error(self):
@@ -492,7 +493,7 @@ class BYOL(nn.Module):
             self._check_views(view1, view2)
         view1 = self._to_net_input(self._normalize(view1))
         view2 = self._to_net_input(self._normalize(view2))
-        if self.view_batching != "per_view" and view1.shape == view2.shape:
+        if self.view_batching != "per_view" and view1.shape == view2.shape and not self._needs_separate_passes():
             return self._loss_concatenated(view1, view2)
         projection1, _ = self._online(view1)
         projection2, _ = self._online(view2)
@@ -502,13 +503,19 @@ class BYOL(nn.Module):
             z1, z2 = projection1.detach(), projection2.detach()
         return symmetric_byol_loss(self.predictor(projection1), self.predictor(projection2), z1, z2)
 
+    def _networks(self) -> List[nn.Module]:
+        networks = (self.net, self.projector, self.predictor, self.target_net, self.target_projector)
+        return [m for m in networks if m is not None]
+
+    def _needs_separate_passes(self) -> bool:
+        """A SyncBatchNorm synchronising across processes cannot be split: one forward per view instead."""
+        return self.view_batching == "one_pass" and bool(unsplittable_layers(*self._networks()))
+
     def _loss_concatenated(self, view1: Tensor, view2: Tensor) -> Tensor:
         """The loss with both views in one batch; BatchNorm statistics per view with ``"one_pass"``."""
         views = torch.cat((view1, view2))
         num_views = 2 if self.view_batching == "one_pass" else 1  # 1: statistics over both views ("concat")
-        networks = [m for m in (self.net, self.projector, self.predictor, self.target_net, self.target_projector)
-                    if m is not None]
-        with per_view_batchnorm(*networks, num_views=num_views):
+        with per_view_batchnorm(*self._networks(), num_views=num_views):
             projection, _ = self._online(views)
             q1, q2 = self.predictor(projection).chunk(2)
             z = self._target(views) if self.use_momentum else projection.detach()
@@ -540,7 +547,8 @@ class BYOL(nn.Module):
     def update_moving_average(self) -> float:
         """Move the target towards the online network: ``xi <- tau xi + (1 - tau) theta``.
 
-        Call once per optimizer step. Returns the tau that was used.
+        Call once per optimizer step (an extra call warns once, :class:`~byol_wrap.core.ema.UpdateCalls`).
+        Returns the tau that was used; past ``total_steps`` it is 1.0 (the target stops).
 
         Raises:
             RuntimeError: with ``use_momentum=False`` (there is no separate target).
@@ -552,16 +560,11 @@ class BYOL(nn.Module):
                 "update_moving_average() has nothing to do with use_momentum=False: the target is the online "
                 "network under stop-gradient. Remove the call, or construct BYOL with use_momentum=True."
             )
+        self._ema_calls.update_called(self.ema_step)
         tau = self.tau
         online = self.online_parameters()
-        if self.check_finite and not all_finite(online):
-            named = [(f"net.{n}", p) for n, p in self.net.named_parameters()]
-            named += [(f"projector.{n}", p) for n, p in self.projector.named_parameters()]
-            raise NonFiniteError(
-                f"update_moving_average() refused: these online parameters are non-finite: "
-                f"{shorten(nonfinite_names(named))}; the target was left unchanged. The optimizer diverged: lower "
-                f"the learning rate, clip gradients, or restore the last good checkpoint."
-            )
+        if self.check_finite:
+            check_online_weights(online, {"net": self.net, "projector": self.projector})
         ema_update_(self.target_parameters(), online, tau)
         self.ema_step += 1
         return tau

@@ -2,15 +2,19 @@
 
 The hook lives only for the duration of one forward pass, so wrapping a net twice never
 stacks hooks, ``copy.deepcopy`` of a net or learner copies no stale hook, and nothing is
-left on the user's module afterwards. When the representation comes from an inner layer,
-the forward stops as soon as that layer has run ("early exit"): the layers after it are
-not computed, and the result is the same tensor the full forward would have produced.
+left on the user's module afterwards. It acts only in the thread that registered it: the
+same net called from another thread meanwhile runs as if it were not there. When the
+representation comes from an inner layer, the forward stops as soon as that layer has run
+("early exit"): the layers after it are not computed, and the result is the same tensor
+the full forward would have produced.
 """
 from __future__ import annotations
 
 import difflib
+import threading
 from typing import Any, Callable, List, Optional, Sequence, Union
 
+import torch
 from torch import Tensor, nn
 
 from .pooling import Pooling, check_token_pool
@@ -177,8 +181,13 @@ class RepresentationExtractor:
             return net_output(net(x), net, self.pool_fn)
         captured: List[Tensor] = []
         early_exit = self.early_exit
+        owner = None if torch.compiler.is_compiling() else threading.get_ident()
 
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            # the hook is on the user's module while this forward runs: the same net called in
+            # another thread meanwhile (the user's own net(x), another learner) must not see it
+            if owner is not None and threading.get_ident() != owner:
+                return
             if not captured:
                 tensor = first_tensor(output, f"layer {self.layer!r}")
                 # without early exit the forward goes on, and an in-place op after the layer

@@ -7,7 +7,8 @@ normalisation), so the two are compared on the same footing by ``byol-wrap eval`
 
 How the fresh network is made, in order:
 
-1. ``model=``: a new instance of the architecture that the caller passes (copied, never modified);
+1. ``model=``: a new instance of the architecture that the caller passes (copied, never modified), or the
+   caller's own spec string (built: the caller named that code);
 2. the encoder's spec when it is a built-in family (``torchvision/``, ``timm/``, ``byol_wrap/``),
    built as ``pretrain`` builds it (no code named in a file is run);
 3. otherwise a copy of the trained network with ``reset_parameters()`` called on every submodule
@@ -26,36 +27,26 @@ Example:
 from __future__ import annotations
 
 import copy
-import re
 import warnings
-from typing import Any, Optional
+from typing import Any, Union
 
 import torch
 from torch import nn
 
-__all__ = ["untrained_like", "is_built_in"]
+__all__ = ["untrained_like"]
 
 
-def is_built_in(spec: str) -> bool:
-    """True for a spec of a built-in family, which names no code to import (``"timm/x:y"`` does).
-
-    Example:
-        >>> is_built_in("torchvision/resnet18"), is_built_in("byol_wrap/small_cnn:8"), is_built_in("my.py:net")
-        (True, True, False)
-    """
-    return re.fullmatch(r"(torchvision|timm)/[^:/]+|byol_wrap/small_cnn(:\d+)?", spec.strip()) is not None
-
-
-def _fresh_net(encoder: Any, model: Optional[nn.Module]) -> nn.Module:
+def _fresh_net(encoder: Any, model: Union[nn.Module, str, None]) -> nn.Module:
     from .models import build_model
+    from .rebuild import is_builtin_spec
 
-    if model is not None:
+    if isinstance(model, nn.Module):
         return copy.deepcopy(model)
+    image_size = encoder.meta.get("image_size")
+    side = image_size if isinstance(image_size, int) else (image_size[0] if image_size else None)
     spec = encoder.meta.get("model_spec")
-    if isinstance(spec, str) and is_built_in(spec):
-        image_size = encoder.meta.get("image_size")
-        side = image_size if isinstance(image_size, int) else (image_size[0] if image_size else None)
-        built: nn.Module = build_model(spec, image_size=side)
+    if isinstance(model, str) or is_builtin_spec(spec):  # the caller's own spec, or a built-in family's
+        built: nn.Module = build_model(model if isinstance(model, str) else spec, image_size=side)
         return built
     warnings.warn(f"the untrained baseline of {type(encoder.net).__name__} (spec {spec!r}) is the trained network "
                   f"with reset_parameters() called on every module; pass model=<a new instance> for an exact "
@@ -71,14 +62,14 @@ def _fresh_net(encoder: Any, model: Optional[nn.Module]) -> nn.Module:
     return net
 
 
-def untrained_like(encoder: Any, seed: int = 0, model: Optional[nn.Module] = None) -> Any:
+def untrained_like(encoder: Any, seed: int = 0, model: Union[nn.Module, str, None] = None) -> Any:
     """An :class:`~byol_wrap.job.encoder.Encoder` of the same architecture with fresh random weights.
 
     Args:
         encoder: the trained encoder (``load_encoder(...)``).
         seed: seeds the initialisation (the caller's global random state is left as it was).
-        model: a new, untrained instance of the architecture (needed for a network given in
-            Python rather than by a built-in spec); it is copied, not changed.
+        model: a new, untrained instance of the architecture (copied, not changed), or its spec (built;
+            that code runs: you named it), for a network outside the built-in families.
 
     Returns:
         An encoder in eval mode on the trained encoder's device, ``meta["untrained"] = True``.

@@ -21,23 +21,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
 from ..core.rng import get_rng_state, set_rng_state  # noqa: F401 - the RNG part of last.pt, re-exported for the run
+from .fingerprint import compare_fingerprints
+from .run_files import RUN_FILES, delete_run_files, foreign_run_files, remove_own_temporary_files  # noqa: F401
 
 FORMAT = "byol-wrap-run"
 VERSION = 1
 CHECKPOINT = Path("checkpoints") / "last.pt"
 
 # Arguments that change neither the losses nor the weights of a run: a resumed command may differ in them.
-HARMLESS_ARGUMENTS = frozenset({"workers", "threads", "overwrite", "checkpoint_every", "knn_data", "strict", "progress",
-                                "log_every", "device_count"})
-
-# Files a run writes into RUN_DIR; --overwrite deletes these and nothing else.
-RUN_FILES = ("checkpoints/last.pt", "encoder.pt", "metrics.jsonl", "skipped.txt", "plots/training.png",
-             "plots/augmentations.png")
+HARMLESS_ARGUMENTS = frozenset({"workers", "threads", "cache", "overwrite", "checkpoint_every", "checkpoint_minutes",
+                                "knn_data", "strict", "progress", "log_every", "device_count", "allow_data_change",
+                                "length"})
 
 
 class RunError(ValueError):
@@ -79,12 +78,35 @@ def save_checkpoint(state: Dict[str, Any], run_dir: os.PathLike) -> Path:
     try:
         atomic_save(state, path)
     except OSError as error:
-        previous = "the previous checkpoint is unchanged" if path.exists() else "no checkpoint was written yet"
+        previous = (f"the last checkpoint (step {_saved_step(path)}) is intact" if path.exists()
+                    else "no checkpoint was written yet")
         raise TrainingStopped(
-            f"could not write the checkpoint {path} ({error.strerror or error}); {previous}. "
-            f"Free space (or fix the permissions) and run the same command again to resume."
+            f"could not write the checkpoint {path}: {error.strerror or error}; {previous}; "
+            f"free some space (or fix the permissions) and run the same command again to resume"
         ) from error
     return path
+
+
+def write_stopped(error: OSError, run_dir: os.PathLike, step: Optional[int]) -> TrainingStopped:
+    """The stop for a file that could not be written (``error`` names it): the last checkpoint, at ``step``
+    (``None``: unknown), is intact.
+
+    Example:
+        >>> str(write_stopped(OSError(28, "No space left on device"), "/nonexistent/run", None)).split("; ")[1]
+        'no checkpoint was written yet'
+    """
+    path = checkpoint_path(run_dir)
+    at = f" (step {step})" if step is not None else ""
+    kept = f"the last checkpoint {path}{at} is intact" if path.exists() else "no checkpoint was written yet"
+    return TrainingStopped(f"{error}; {kept}; free some space and run the same command again to resume")
+
+
+def _saved_step(path: Path) -> Any:
+    """The step of the checkpoint at ``path``, for a message ("?" when it cannot be read)."""
+    try:
+        return load_checkpoint(path).get("step", "?")
+    except (RunError, OSError):
+        return "?"
 
 
 def _crash_inside_write(path: Path, state: Dict[str, Any]) -> None:  # pragma: no cover - the process dies
@@ -95,7 +117,7 @@ def _crash_inside_write(path: Path, state: Dict[str, Any]) -> None:  # pragma: n
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
-    with open(path.parent / f".{path.name}.crash.tmp", "wb") as handle:
+    with open(path.parent / f".{path.name}.crash_9_.tmp", "wb") as handle:  # the name atomic_write's would have
         handle.write(data[: len(data) // 2])
         handle.flush()
         os.fsync(handle.fileno())
@@ -153,14 +175,20 @@ def compare_arguments(saved: Dict[str, Any], current: Dict[str, Any]) -> List[st
     return differences
 
 
-def resume_state(run_dir: os.PathLike, arguments: Dict[str, Any], overwrite: bool) -> Optional[Dict[str, Any]]:
+def resume_state(run_dir: os.PathLike, arguments: Dict[str, Any], overwrite: bool,
+                 fingerprint: Optional[Dict[str, Any]] = None, allow_data_change: bool = False,
+                 warn: Optional[Callable[[str], None]] = None) -> Optional[Dict[str, Any]]:
     """The checkpoint to continue from, or ``None`` for a fresh run.
 
+    - ``overwrite``: the run's own files are deleted (:func:`byol_wrap.job.run_files.delete_run_files`), ``None``;
     - no ``last.pt``: ``None`` (a run killed before its first checkpoint starts again), unless an
-      ``encoder.pt`` is there (:class:`RunError`: it would be replaced);
-    - ``overwrite``: the run's own files are deleted (:data:`RUN_FILES`, TensorBoard events), ``None``;
+      ``encoder.pt``, or run files of something else (:func:`~byol_wrap.job.run_files.foreign_run_files`),
+      are there (:class:`RunError`: they would be replaced);
+    - data that changed since the run started (``fingerprint``, see :mod:`byol_wrap.job.fingerprint`):
+      :class:`RunError` saying what changed, unless ``allow_data_change`` (then ``warn`` says it);
     - a finished run, or one with other arguments: :class:`RunError` saying what differs;
-    - else the checkpoint.
+    - else the checkpoint (also a finished run whose ``encoder.pt`` could not be written: the same
+      command then writes it).
 
     Example:
         >>> resume_state("/nonexistent/run", {}, overwrite=False) is None
@@ -177,52 +205,60 @@ def resume_state(run_dir: os.PathLike, arguments: Dict[str, Any], overwrite: boo
                 f"{run_dir} holds {encoder.name} but no checkpoint ({path}); a new run would replace that encoder: "
                 f"add --overwrite to start afresh, or choose another --out"
             )
+        foreign = foreign_run_files(run_dir)
+        if foreign:
+            raise RunError(
+                f"{run_dir} holds {', '.join(foreign)} but no byol-wrap run (no checkpoint); a new run would replace "
+                f"them: add --overwrite to replace them, or choose another --out"
+            )
         return None
     state = load_checkpoint(path)
-    differences = compare_arguments(state.get("arguments", {}), arguments)
+    # a finished run trains no more: what its data became does not matter to it
+    change = compare_fingerprints(None if state.get("finished") else state.get("data_fingerprint"), fingerprint)
+    if change and not allow_data_change:
+        raise RunError(
+            f"the data changed since the run in {run_dir} started: {change.describe()}; resumed, it would train on "
+            f"other data than the run did and its losses would no longer match an uninterrupted run's: add "
+            f"--allow-data-change to continue on the data as it is now, or --overwrite to start afresh"
+        )
+    saved = state.get("arguments", {})
+    differences = compare_arguments(saved, arguments)
     if differences:
-        status = (f"a finished run ({state['step']} steps)" if state.get("finished")
-                  else "an unfinished run; run its own command to resume it")
+        differences = [_with_length(d, saved, arguments) for d in differences]
+        if state.get("finished"):
+            status = f"a finished run ({state['step']} steps)"
+        else:
+            given = f" ({saved['length']})" if saved.get("length") else ""
+            if change and any(d.startswith("total_steps:") for d in differences):  # --epochs over changed data
+                given = f" (--steps {saved.get('total_steps')} keeps its length on the changed data)"
+            status = f"an unfinished run: resume it with the arguments it was started with{given}"
         raise RunError(
             f"{run_dir} holds a run started with other arguments ({'; '.join(differences)}), {status}; "
             f"add --overwrite to start afresh, or choose another --out"
         )
-    if state.get("finished"):
-        encoder = Path(run_dir) / "encoder.pt"
-        where = (f"encoder: {encoder}" if encoder.exists()
-                 else f"its encoder.pt is missing: byol-wrap export {run_dir} writes it")
+    if change and warn is not None:
+        warn(f"the data changed since the run started ({change.counts()}); continuing on the data as it is now "
+             f"(--allow-data-change): the losses will no longer match an uninterrupted run's")
+    encoder = Path(run_dir) / "encoder.pt"
+    if state.get("finished") and encoder.exists():
         raise RunError(
-            f"{run_dir} holds a finished run ({state['step']} steps; {where}); "
+            f"{run_dir} holds a finished run ({state['step']} steps; encoder: {encoder}); "
             f"add --overwrite to train it again, or choose another --out"
         )
-    return state
+    return state  # unfinished, or finished without its encoder.pt (a failed write): the run writes it
 
 
-def delete_run_files(run_dir: os.PathLike) -> List[Path]:
-    """Delete the files a run wrote into ``run_dir`` (and nothing else); returns them.
-
-    Example:
-        >>> delete_run_files("/nonexistent/run")
-        []
-    """
-    run_dir = Path(run_dir)
-    deleted = []
-    candidates = [run_dir / name for name in RUN_FILES]
-    for folder, pattern in (("checkpoints", ".last.pt*"), ("checkpoints", "last.pt.*tmp*"),
-                            ("tensorboard", "events.out.tfevents.*"), (".", ".*.tmp"), ("plots", ".*.tmp")):
-        if (run_dir / folder).is_dir():
-            candidates += sorted((run_dir / folder).glob(pattern))
-    for path in candidates:
-        if path.is_file():
-            path.unlink()
-            deleted.append(path)
-    return deleted
+def _with_length(difference: str, saved: Dict[str, Any], current: Dict[str, Any]) -> str:
+    """``total_steps: 100 in the saved run, 75 now`` -> ``... (--steps 100) ... (--epochs 5)``: the flags given."""
+    if not difference.startswith("total_steps:") or not saved.get("length") or not current.get("length"):
+        return difference
+    if (saved["length"], current["length"]) == (f"--steps {saved.get('total_steps')}",
+                                                f"--steps {current.get('total_steps')}"):
+        return difference  # the flags say no more than the numbers
+    return (f"total_steps: {saved.get('total_steps')} in the saved run ({saved['length']}), "
+            f"{current.get('total_steps')} now ({current['length']})")
 
 
 def clean_temporary_files(run_dir: os.PathLike) -> None:
-    """Remove temporary files a killed run left in ``checkpoints/`` (a write interrupted by kill -9)."""
-    folder = Path(run_dir) / "checkpoints"
-    if folder.is_dir():
-        for path in folder.iterdir():
-            if path.name != "last.pt" and path.name.startswith((".last.pt", "last.pt.")) and path.is_file():
-                path.unlink()
+    """Remove the temporary files a killed run's writes left in RUN_DIR (and no file of the user's)."""
+    remove_own_temporary_files(run_dir)

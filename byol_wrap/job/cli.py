@@ -23,6 +23,9 @@ from typing import NoReturn, Optional, Sequence, Union
 
 from .cli_encoder import HANDLERS, add_export_options, add_parsers, export_command
 
+MODEL_OPT_IN = ("the network's spec, for an encoder whose recorded spec is not built-in (torchvision/, timm/, "
+                "byol_wrap/): a <module or file.py>:<callable> you trust; it imports and runs that code")
+HOW = "name it yourself on the command line: --model SPEC (that spec imports and runs its code)"
 USAGE_ERRORS = (ValueError, TypeError, LookupError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
                 PermissionError, ImportError)
 
@@ -63,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="the run's folder")
     p.add_argument("--model", default="byol_wrap/small_cnn", metavar="SPEC",
                    help="torchvision/<name>, timm/<name>, byol_wrap/small_cnn or <module or file.py>:<callable> "
-                        "(default: %(default)s)")
+                        "(default: %(default)s); a <module or file.py> spec imports and runs that code")
     p.add_argument("--hidden-layer", type=_layer, default=None, metavar="L",
                    help="layer whose output is the representation (default: per model family; "
                         "byol-wrap layers SPEC lists them)")
@@ -92,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hidden size of projector and predictor (default 4096, the paper's)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="processes decoding images (default: the usable CPUs, at most 4)")
+    p.add_argument("--cache", default="auto", metavar="auto|off|DIR",
+                   help="keep a folder's decoded images so later epochs read them back instead of decoding "
+                        "(bit-identical): auto (default) uses RUN_DIR/cache when it needs at most half the free "
+                        "disk; DIR may be shared by runs over the same data")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads for the training step (default: torch's choice; on a CPU shared with other "
                         "work, 1 can be several times faster)")
@@ -99,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("32", "bf16", "16"), default=None,
                    help="default: bf16 where the device supports it, 32 on CPU")
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
-                   help="steps between checkpoints (default: a tenth of the run, 100 to 1000)")
+                   help="steps between checkpoints (default: a tenth of the run)")
+    p.add_argument("--checkpoint-minutes", type=float, default=10.0, metavar="M",
+                   help="also checkpoint after M minutes of wall time since the last one (default: %(default)g; "
+                        "0: by steps only)")
     p.add_argument("--log-every", type=int, default=10, metavar="N",
                    help="steps between metrics.jsonl rows (default: %(default)s)")
     p.add_argument("--knn-data", default=None, metavar="PATH",
@@ -107,13 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="delete the run files in RUN_DIR and start afresh")
     p.add_argument("--strict", action="store_true", help="stop at the first image that cannot be decoded")
+    p.add_argument("--allow-data-change", action="store_true",
+                   help="resume even though data files were added, removed or modified since the run started "
+                        "(its losses then no longer match an uninterrupted run's)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
     e = commands.add_parser("export", help="write RUN_DIR/encoder.pt (or --format safetensors|timm|onnx) from the "
                                            "run's last checkpoint")
     e.add_argument("run_dir", metavar="RUN_DIR", help="a run's folder, or an encoder file to convert")
-    e.add_argument("--out", default=None, metavar="FILE", help="default: RUN_DIR/encoder.pt (.safetensors...)")
-    add_export_options(e)
+    e.add_argument("--out", default=None, metavar="FILE",
+                   help="a file, or a folder to write encoder.pt (.safetensors...) into (default: RUN_DIR/encoder.pt)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    e.add_argument("--model", default=None, metavar="SPEC", help=MODEL_OPT_IN)
+    add_export_options(e)  # --format
 
     m = commands.add_parser("embed", help="embed a folder of images with an exported encoder")
     m.add_argument("encoder", metavar="ENCODER", help="an encoder.pt")
@@ -123,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--workers", type=int, default=None, metavar="N")
     m.add_argument("--device", default=None)
     m.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    m.add_argument("--model", default=None, metavar="SPEC", help=MODEL_OPT_IN)
 
     add_parsers(commands)  # eval, neighbours
 
@@ -144,7 +161,7 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    export_command(args)
+    export_command(args, HOW)
 
 
 def _embed(args: argparse.Namespace) -> None:
@@ -156,7 +173,7 @@ def _embed(args: argparse.Namespace) -> None:
     with warnings.catch_warnings(record=True) as caught:  # shown as plain lines, not as Python warnings
         warnings.simplefilter("always", UserWarning)
         path = embed_images(args.encoder, args.data, args.out, batch_size=args.batch_size, workers=args.workers,
-                            device=device, progress=args.progress)
+                            device=device, progress=args.progress, model=args.model, how=HOW)
     for warning in caught:
         print(f"byol-wrap embed: warning: {str(warning.message).removeprefix('embed: ')}", file=sys.stderr)
     print(f"embeddings: {path}")
@@ -192,12 +209,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         handler(args)
         return 0
     from .checkpoint import TrainingStopped
+    from .io import FileWriteError
 
     prog = f"byol-wrap {args.command}"
     try:
         handler(args)
     except TrainingStopped as error:
         print(f"{prog}: stopped: {_one_line(error)}", file=sys.stderr)
+        return 1
+    except FileWriteError as error:  # a full disk in export or embed (pretrain's become TrainingStopped)
+        print(f"{prog}: stopped: {_one_line(error)}; nothing else was changed", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; run the same command again to resume from the last checkpoint",

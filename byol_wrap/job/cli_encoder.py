@@ -45,6 +45,7 @@ def add_parsers(commands: Any) -> None:
     v.add_argument("--workers", type=int, default=None, metavar="N")
     v.add_argument("--device", default=None)
     v.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the untrained network")
+    v.add_argument("--model", default=None, metavar="SPEC", help=_model_help())
     v.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
     n = commands.add_parser("neighbours", help="draw nearest neighbours in the encoder's representation",
@@ -60,16 +61,28 @@ def add_parsers(commands: Any) -> None:
                    help="images searched, chosen by --seed (default 2000)")
     n.add_argument("--workers", type=int, default=None, metavar="N")
     n.add_argument("--device", default=None)
+    n.add_argument("--model", default=None, metavar="SPEC", help=_model_help())
     n.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
+def _model_help() -> str:
+    from .cli import MODEL_OPT_IN
+
+    return MODEL_OPT_IN
+
+
+def _how() -> str:
+    from .cli import HOW
+
+    return HOW
+
+
 def add_export_options(parser: argparse.ArgumentParser) -> None:
-    """``--format`` and ``--overwrite`` of ``byol-wrap export``."""
+    """``--format`` of ``byol-wrap export``."""
     from .export_formats import FORMATS
 
     parser.add_argument("--format", choices=FORMATS, default="pt",
                         help="pt (encoder.pt, default), safetensors, timm (a timm or torchvision state dict), onnx")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing file")
 
 
 def _caught(command: str, run: Callable[[], Any]) -> Any:
@@ -91,7 +104,7 @@ def _eval(args: argparse.Namespace) -> None:
     report = _caught("eval", lambda: evaluate(
         args.encoder, args.labelled, args.test, out=out, test_fraction=args.test_fraction, seed=args.seed,
         baseline=args.baseline, batch_size=args.batch_size, workers=args.workers, device=_device(args.device),
-        progress=args.progress))
+        model=args.model, how=_how(), progress=args.progress))
     print(format_table(report))
     print(f"report: {out} (confusion matrices: {out.parent / 'confusion.png'})")
 
@@ -104,15 +117,16 @@ def _neighbours(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer")
     path = _caught("neighbours", lambda: draw_neighbours(
         args.encoder, args.data, args.out, seed=args.seed, queries=args.queries, k=args.k,
-        max_images=args.max_images, device=_device(args.device), workers=args.workers, progress=args.progress))
+        max_images=args.max_images, device=_device(args.device), workers=args.workers, model=args.model,
+        how=_how(), progress=args.progress))
     print(f"neighbours: {path}")
 
 
-def export_command(args: argparse.Namespace) -> None:
-    """``byol-wrap export RUN_DIR [--format F] [--out FILE] [--overwrite]``."""
+def export_command(args: argparse.Namespace, how: Optional[str] = None) -> None:
+    """``byol-wrap export RUN_DIR [--format F] [--out FILE] [--overwrite] [--model SPEC]``."""
     from .export_formats import export
 
-    path = export(args.run_dir, args.format, args.out, overwrite=args.overwrite)
+    path = export(args.run_dir, args.format, args.out, overwrite=args.overwrite, model=args.model, how=how)
     print(f"{'encoder' if args.format == 'pt' else args.format}: {path}")
 
 

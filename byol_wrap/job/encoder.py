@@ -10,7 +10,8 @@ whatever ``extra`` adds.
 API:
     export_encoder(net, path, *, model_spec, hidden_layer, image_size, normalize,
                    representation_size, steps, extra=None, token_pool="auto") -> Path
-    load_encoder(path, device="cpu", model=None) -> Encoder   (eval mode; images -> representations)
+    load_encoder(path, device="cpu", model=None) -> Encoder   (eval mode; images -> representations;
+                                                               built-in specs only unless model= is given)
     embed_images(encoder_path, data, out_file, batch_size=256, workers=None, ...) -> Path  (.npz or .csv)
 
 Example:
@@ -265,41 +266,45 @@ def _read_torch_encoder(path: Path) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
 
 
 def load_encoder(path: Union[str, Path], device: Union[str, torch.device] = "cpu",
-                 model: Optional[nn.Module] = None) -> Encoder:
+                 model: Union[nn.Module, str, None] = None, how: Optional[str] = None) -> Encoder:
     """Rebuild the encoder an ``encoder.pt`` (or ``encoder.safetensors``) describes, in eval mode on ``device``.
 
-    torchvision, timm and built-in specs are rebuilt from the spec (nothing downloaded); a
-    ``module:callable`` spec when that module is importable here. Otherwise pass ``model=``, a
-    freshly built instance of the same architecture, and its weights are loaded into it.
+    A file never decides which code runs: from the spec the file records, only the built-in families
+    (``torchvision/``, ``timm/``, ``byol_wrap/``) are rebuilt, nothing downloaded. For any other network
+    pass ``model=``: a freshly built instance of the same architecture, or a spec string of your own
+    (``"my_nets.py:make"``: that code runs, because you named it); its weights are then loaded into it.
 
     Raises:
         FileNotFoundError / RuntimeError: a missing, truncated or foreign file.
-        RuntimeError: a spec that cannot be rebuilt here (asks for ``model=``).
+        UntrustedSpecError (a ValueError): the file records a spec outside the built-in families
+            (nothing imported; asks for ``model=``).
+        RuntimeError: a built-in spec that cannot be built here (timm missing...; asks for ``model=``).
         ValueError: weights that do not fit ``model`` (listing the keys).
 
     Example:
         >>> enc = load_encoder("run/encoder.pt")                     # doctest: +SKIP
         >>> features = enc(images)  # (N, 3, H, W) uint8 or float in [0, 1]  # doctest: +SKIP
+        >>> enc = load_encoder("run/encoder.pt", model=MyNet())      # doctest: +SKIP
     """
-    from .models import build_model, load_state_dict_checked
+    from .models import load_state_dict_checked
+    from .rebuild import UntrustedSpecError, rebuild_recorded
 
     path = Path(path)
     state, meta = _read_encoder_file(path)
-    if model is None:
-        spec = meta.get("model_spec")
-        if not spec:
-            raise RuntimeError(f"encoder {path} was trained on a module given in Python ({meta.get('model_class')}), "
-                               f"not a model spec; pass model=<a new instance of it>: load_encoder(path, model=net)")
-        image_size = meta.get("image_size")
-        side = image_size if isinstance(image_size, int) else (image_size[0] if image_size else None)
-        try:
-            model = build_model(spec, image_size=side)
-        except (ImportError, ValueError, TypeError, FileNotFoundError, AttributeError) as error:
-            raise RuntimeError(f"encoder {path}: cannot rebuild model spec {spec!r} here ({error}); pass "
-                               f"model=<a new instance of the same architecture>: load_encoder(path, model=net)"
-                               ) from error
-    load_state_dict_checked(model, state, f"encoder weights in {path}")
-    encoder = Encoder(model, meta.get("hidden_layer"), meta.get("normalize"), meta.get("token_pool", "auto"), meta)
+    how = how or "pass model=<a new instance of the same architecture>: load_encoder(path, model=net)"
+    image_size = meta.get("image_size")
+    side = image_size if isinstance(image_size, int) else (image_size[0] if image_size else None)
+    try:
+        net = rebuild_recorded(meta.get("model_spec"), f"encoder {path}", side, model, how)
+    except UntrustedSpecError:
+        raise
+    except (ImportError, ValueError, TypeError, FileNotFoundError, AttributeError) as error:
+        if model is not None:
+            raise
+        raise RuntimeError(f"encoder {path}: cannot rebuild model spec {meta.get('model_spec')!r} here ({error}); "
+                           f"{how}") from error
+    load_state_dict_checked(net, state, f"encoder weights in {path}")
+    encoder = Encoder(net, meta.get("hidden_layer"), meta.get("normalize"), meta.get("token_pool", "auto"), meta)
     return encoder.to(device).eval()
 
 
@@ -334,7 +339,8 @@ def embed_images(
     device: Union[str, torch.device] = "cpu",
     strict: bool = False,
     progress: bool = True,
-    model: Optional[nn.Module] = None,
+    model: Union[nn.Module, str, None] = None,
+    how: Optional[str] = None,
 ) -> Path:
     """Embed every readable image of ``data`` and write one row per image, atomically.
 
@@ -343,7 +349,7 @@ def embed_images(
     the encoder's ``image_size`` (see :func:`byol_wrap.job.data.eval_images`). ``out_file`` ending
     in ``.npz`` gets ``paths`` (a unicode array; no pickle) and ``embeddings`` (float32
     ``(N, D)``); ``.csv`` gets a header ``path,e0,...,e{D-1}``. Unreadable files are left out
-    with a warning (``strict=True``: the first one raises).
+    with a warning (``strict=True``: the first one raises). ``model``: as for :func:`load_encoder`.
 
     Example:
         >>> embed_images("run/encoder.pt", "photos/", "embeddings.npz")  # doctest: +SKIP
@@ -356,7 +362,7 @@ def embed_images(
         raise ValueError(f"the output file must end in .npz or .csv, got {out_file.name!r}")
     if not out_file.parent.is_dir():
         raise FileNotFoundError(f"cannot write {out_file}: the folder {out_file.parent} does not exist")
-    encoder = load_encoder(encoder_path, device, model=model)
+    encoder = load_encoder(encoder_path, device, model=model, how=how)
     image_size = encoder.meta["image_size"]
     size = image_size if isinstance(image_size, int) else tuple(image_size)
     dataset = open_images(data, default_load_size(size), strict=strict)
@@ -366,7 +372,7 @@ def embed_images(
     describe = getattr(dataset, "describe", lambda i: f"dataset[{i}]")
     paths: List[str] = []
     chunks: List[Tensor] = []
-    skipped: List[Tuple[str, str]] = []
+    skipped: List[Tuple[str, str]] = list(getattr(dataset, "scan_skipped", []))  # folders not read, links not followed
     bar = _progress(len(dataset), progress, "embed")  # type: ignore[arg-type]
     try:
         with torch.inference_mode():

@@ -390,15 +390,17 @@ def _confusion(labels: Tensor, predicted: Sequence[int], num_classes: int) -> Li
 
 
 # ----------------------------------------------------------------------------- the evaluation
-def _load(encoder: Any, model: Optional[nn.Module], device: Any) -> Tuple[Any, Optional[nn.Module], str]:
+def _load(encoder: Any, model: Union[nn.Module, str, None], device: Any,
+          how: Optional[str] = None) -> Tuple[Any, Union[nn.Module, str, None], str]:
+    """The encoder, and what builds its untrained baseline (a copy of ``model`` taken before the weights go in)."""
     import copy
 
     from .encoder import Encoder, load_encoder
 
     if isinstance(encoder, Encoder):
         return encoder.to(device).eval(), model, "<Encoder>"
-    fresh = copy.deepcopy(model) if model is not None else None  # load_encoder fills model= with the weights
-    return load_encoder(encoder, device, model=model), fresh, str(encoder)
+    fresh = copy.deepcopy(model) if isinstance(model, nn.Module) else model  # load_encoder fills model= in place
+    return load_encoder(encoder, device, model=model, how=how), fresh, str(encoder)
 
 
 def evaluate(
@@ -415,7 +417,8 @@ def evaluate(
     batch_size: int = 256,
     workers: Optional[int] = None,
     device: Union[str, torch.device] = "cpu",
-    model: Optional[nn.Module] = None,
+    model: Union[nn.Module, str, None] = None,
+    how: Optional[str] = None,
     progress: bool = True,
 ) -> Dict[str, Any]:
     """kNN and linear-probe accuracy of an encoder's frozen features, next to the untrained architecture.
@@ -430,7 +433,9 @@ def evaluate(
         val_fraction: the part of the training split that chooses the probe's regularisation.
         seed: the splits, the probe's solver and the baseline's initialisation.
         baseline: also measure the same architecture untrained (:func:`byol_wrap.job.baseline.untrained_like`).
-        model: a new instance of the architecture, for an encoder of a network given in Python.
+        model: for an encoder of a network outside the built-in families: a new instance of it, or its spec
+            (that code runs: you named it); it also builds the untrained baseline.
+        how: what to do instead, for the message when ``model`` is needed (the command line's ``--model``).
         progress: show progress bars.
 
     Returns:
@@ -447,7 +452,7 @@ def evaluate(
 
     started = time.perf_counter()
     device = torch.device(device)
-    trained, fresh_model, encoder_name = _load(encoder, model, device)
+    trained, fresh_model, encoder_name = _load(encoder, model, device, how)
     image_size = trained.meta.get("image_size")
     if image_size is None:
         raise ValueError("the encoder records no image_size; export it again with byol-wrap export")

@@ -243,14 +243,16 @@ def default_name(fmt: str, spec: Any = None) -> str:
     return {"pt": "encoder.pt", "safetensors": "encoder.safetensors", "onnx": "encoder.onnx"}[fmt]
 
 
-def _encoder_of(source: Path, workdir: Path, model: Optional[nn.Module]) -> Any:
+def _encoder_of(source: Path, workdir: Path, model: Union[nn.Module, str, None], how: Optional[str]) -> Any:
     from .encoder import load_encoder
 
     if source.is_dir():
         from .export import export_run
 
-        return load_encoder(export_run(source, workdir / "encoder.pt"), model=model)
-    return load_encoder(source, model=model)
+        written = (export_run(source, workdir / "encoder.pt", model=model, how=how) if how else
+                   export_run(source, workdir / "encoder.pt", model=model))
+        return load_encoder(written, model=model, how=how)
+    return load_encoder(source, model=model, how=how)
 
 
 def _target(source: Path, out: Optional[PathLike], fmt: str, spec: Any) -> Path:
@@ -262,7 +264,7 @@ def _target(source: Path, out: Optional[PathLike], fmt: str, spec: Any) -> Path:
 
 
 def export(source: PathLike, fmt: str = "pt", out: Optional[PathLike] = None, *, overwrite: bool = False,
-           model: Optional[nn.Module] = None) -> Path:
+           model: Union[nn.Module, str, None] = None, how: Optional[str] = None) -> Path:
     """Export the encoder of a run (``RUN_DIR``: its last checkpoint) or of an encoder file in format ``fmt``.
 
     Args:
@@ -271,7 +273,9 @@ def export(source: PathLike, fmt: str = "pt", out: Optional[PathLike] = None, *,
         out: the file to write, or a folder for the default name (:func:`default_name`); default:
             RUN_DIR (or the encoder file's folder).
         overwrite: replace an existing file (otherwise a FileExistsError).
-        model: a new instance of the architecture, for an encoder of a network given in Python.
+        model: for a network outside the built-in families: a new instance of it, or its spec (that code
+            runs: you named it); see :func:`byol_wrap.job.encoder.load_encoder`.
+        how: what to do instead, for the message when ``model`` is needed (the command line's ``--model``).
 
     Raises:
         ValueError: an unknown format, ``timm`` for a spec of neither timm nor torchvision.
@@ -293,15 +297,14 @@ def export(source: PathLike, fmt: str = "pt", out: Optional[PathLike] = None, *,
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     if out is not None and not Path(out).parent.is_dir() and not Path(out).is_dir():
         raise FileNotFoundError(f"cannot write {out}: the folder {Path(out).parent} does not exist")
-    if fmt == "pt" and source.is_dir():  # today's encoder.pt, straight from the checkpoint
+    if fmt == "pt" and source.is_dir():  # encoder.pt straight from the checkpoint, export_run's own rules
         from .export import export_run
 
-        target = _target(source, out, fmt, None)
-        if target.exists() and not overwrite:
-            raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
-        return export_run(source, target)
+        if how:
+            return export_run(source, out, model=model, overwrite=overwrite, how=how)
+        return export_run(source, out, model=model, overwrite=overwrite)
     with tempfile.TemporaryDirectory() as workdir:
-        encoder = _encoder_of(source, Path(workdir), model)
+        encoder = _encoder_of(source, Path(workdir), model, how)
         meta = dict(encoder.meta)
         target = _target(source, out, fmt, meta.get("model_spec"))
         if target.exists() and not overwrite:

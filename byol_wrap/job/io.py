@@ -25,16 +25,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable, Union
+from typing import IO, Any, Callable, Optional, Union
 
 import torch
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_save", "load_torch_file",
-           "safe_torch_load", "fsync_dir", "temporary_files", "remove_temporary_files"]
+__all__ = ["FileWriteError", "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_save",
+           "load_torch_file", "safe_torch_load", "fsync_dir", "temporary_files", "remove_temporary_files"]
 
 
 def fsync_dir(folder: PathLike) -> None:
@@ -52,14 +53,15 @@ def fsync_dir(folder: PathLike) -> None:
 
 
 def temporary_files(path: PathLike) -> list[Path]:
-    """The temporary files :func:`atomic_write` makes for ``path`` (``.<name>.<random>.tmp`` in its
-    folder) that a writer killed mid-write (``kill -9``) left behind; sorted."""
+    """The temporary files :func:`atomic_write` makes for ``path`` (``.<name>.<8 random characters>.tmp``
+    in its folder) that a writer killed mid-write (``kill -9``) left behind; sorted. Nothing else matches:
+    a user's ``.<name>.draft.tmp`` or ``<name>.bak`` is not one of them."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         return []
-    prefix = f".{path.name}."
-    return sorted(p for p in folder.iterdir() if p.name.startswith(prefix) and p.name.endswith(".tmp") and p.is_file())
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")  # mkstemp: 8 random characters
+    return sorted(p for p in folder.iterdir() if pattern.fullmatch(p.name) and p.is_file())
 
 
 def remove_temporary_files(path: PathLike) -> int:
@@ -68,7 +70,7 @@ def remove_temporary_files(path: PathLike) -> int:
     Example:
         >>> import tempfile
         >>> folder = Path(tempfile.mkdtemp())
-        >>> _ = (folder / ".last.pt.abc123.tmp").write_bytes(b"half")
+        >>> _ = (folder / ".last.pt.abc123_x.tmp").write_bytes(b"half")
         >>> remove_temporary_files(folder / "last.pt"), sorted(folder.iterdir())
         (1, [])
     """
@@ -93,7 +95,8 @@ def atomic_write(path: PathLike, writer: Callable[[IO[bytes]], Any]) -> Path:
     which is flushed, fsync'd and ``os.replace``-d over ``path``; the folder is then fsync'd.
 
     If ``writer`` raises (or the process is interrupted), the temporary file is removed and an
-    existing ``path`` is left untouched. The folder must exist. Returns ``Path(path)``.
+    existing ``path`` is left untouched; a failed write (full disk...) raises :class:`FileWriteError`
+    naming ``path``. The folder must exist. Returns ``Path(path)``.
 
     Example:
         >>> import tempfile
@@ -105,7 +108,10 @@ def atomic_write(path: PathLike, writer: Callable[[IO[bytes]], Any]) -> Path:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise FileNotFoundError(f"cannot write {path}: the folder {folder} does not exist")
-    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:  # no space (or inode) left, permissions
+        raise FileWriteError(path, error) from error
     try:
         with os.fdopen(fd, "wb") as handle:
             writer(handle)
@@ -113,12 +119,48 @@ def atomic_write(path: PathLike, writer: Callable[[IO[bytes]], Any]) -> Path:
             os.fsync(handle.fileno())
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
+        cause = _os_error_in(error)
+        if cause is not None and not isinstance(error, FileWriteError):
+            raise FileWriteError(path, cause) from error
         raise
     fsync_dir(folder)
     return path
+
+
+class FileWriteError(OSError):
+    """A file could not be written (a full disk, a quota, permissions, an I/O error); the file as it was
+    before, if any, is untouched. ``filename`` is the file, ``strerror`` the system's reason.
+
+    :func:`atomic_write` raises it for whatever a failed write really raises: an ``OSError`` from the
+    file, or the ``RuntimeError`` torch's zip writer makes of one (``torch.save``).
+
+    Example:
+        >>> str(FileWriteError("run/encoder.pt", OSError(28, "No space left on device")))
+        'could not write run/encoder.pt: No space left on device'
+    """
+
+    def __init__(self, path: PathLike, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror or str(cause), os.fspath(path))
+
+    def __str__(self) -> str:
+        return f"could not write {self.filename}: {self.strerror}"
+
+
+def _os_error_in(error: BaseException) -> Optional[OSError]:
+    """The OSError behind ``error``: itself, or one in its ``__cause__``/``__context__`` chain (torch's
+    zip writer raises ``RuntimeError('[enforce fail at inline_container.cc...]')`` from the OSError of
+    the file's ``write``)."""
+    seen = 0
+    current: Optional[BaseException] = error
+    while current is not None and seen < 16:
+        if isinstance(current, OSError):
+            return current
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return None
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:

@@ -6,7 +6,9 @@ Specs:
                                  passed when the model takes it); timm is optional (``byol-wrap[train]``)
     ``byol_wrap/small_cnn``      :func:`small_cnn`, a small CNN for CPU runs (``byol_wrap/small_cnn:32`` sets
                                  its width)
-    ``<module or file.py>:<callable>``  your own constructor, called without arguments
+    ``<module or file.py>:<callable>``  your own constructor, called without arguments: a spec you give
+                                 imports and runs that code, as ``python file.py`` would (a spec read
+                                 from a file never does: see :mod:`byol_wrap.job.rebuild`)
 
 Nothing is ever downloaded: every net starts from random weights, or from a local state_dict
 given as ``weights`` (continued pretraining of an ImageNet network on domain images).
@@ -157,7 +159,12 @@ def _build(spec: str, image_size: Optional[int]) -> nn.Module:
         if base == "small_cnn" and width.isdigit():
             return small_cnn(int(width))
     if ":" in spec:
-        net = _import_callable(spec)()
+        constructor = _import_callable(spec)
+        try:
+            net = constructor()
+        except SystemExit as error:  # sys:exit, exit:... would end the command with nothing written
+            raise TypeError(f"model spec {spec!r} ended the program (SystemExit {error.code!r}) instead of "
+                            f"returning a torch.nn.Module") from None
         if not isinstance(net, nn.Module):
             raise TypeError(f"model spec {spec!r} returned {type(net).__name__}, not a torch.nn.Module")
         return net
@@ -257,6 +264,11 @@ def _classifier_prefixes(net: nn.Module) -> List[str]:
 
 
 def _extract_state_dict(obj: Any, path: Path) -> Dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and obj.get("format") == "byol-wrap-run":
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        raise ValueError(f"weights {path} is a byol-wrap run checkpoint, not a state_dict: to continue that run, "
+                         f"run its own command again (--out {run_dir}); to start a new run from its network, pass "
+                         f"its encoder: --weights {run_dir / 'encoder.pt'} (byol-wrap export {run_dir} writes it)")
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state_dict", "encoder"):
             if isinstance(obj.get(key), dict):

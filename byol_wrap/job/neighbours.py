@@ -131,8 +131,9 @@ def plot_neighbours(images: Tensor, panels: Sequence[Tuple[str, Tensor]], querie
 
 def draw_neighbours(encoder: Any, data: Any, out: PathLike, *, seed: int = 0, queries: int = QUERIES,
                     k: int = NEIGHBOURS, max_images: int = MAX_IMAGES, baseline: bool = True,
-                    model: Optional[nn.Module] = None, device: Union[str, torch.device] = "cpu",
-                    workers: Optional[int] = None, batch_size: int = 256, progress: bool = False) -> Path:
+                    model: Union[nn.Module, str, None] = None, device: Union[str, torch.device] = "cpu",
+                    workers: Optional[int] = None, batch_size: int = 256, progress: bool = False,
+                    how: Optional[str] = None) -> Path:
     """Write ``neighbours.png`` for ``encoder`` (a path or an Encoder) on ``data`` (any unlabelled images).
 
     Args:
@@ -141,7 +142,8 @@ def draw_neighbours(encoder: Any, data: Any, out: PathLike, *, seed: int = 0, qu
         out: the PNG to write (atomically; its folder is created).
         seed: chooses the ``max_images`` pool and the ``queries`` shown, and seeds the baseline.
         k: neighbours per query; ``baseline``: add the untrained architecture's panel.
-        model: a new instance of the architecture, for an encoder of a network given in Python.
+        model: for a network outside the built-in families: a new instance of it, or its spec (that code
+            runs: you named it); ``how``: what to do instead, for the message when it is needed.
 
     Example:
         >>> draw_neighbours("runs/photos/encoder.pt", "photos/", "neighbours.png")  # doctest: +SKIP
@@ -149,7 +151,7 @@ def draw_neighbours(encoder: Any, data: Any, out: PathLike, *, seed: int = 0, qu
     from .baseline import untrained_like
     from .evaluate import _load, features
 
-    trained, fresh, _ = _load(encoder, model, torch.device(device))
+    trained, fresh, _ = _load(encoder, model, torch.device(device), how)
     images, _names = sample_images(data, trained.meta["image_size"], count=max_images, seed=seed, workers=workers,
                                    progress=progress)
     generator = torch.Generator().manual_seed(seed + 1)

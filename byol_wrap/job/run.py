@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, NoReturn, Optional, Sequence, Tuple, cast
+from typing import Any, Dict, Iterator, List, NoReturn, Optional, Tuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +24,7 @@ from ..core.checks import NonFiniteError
 from ..core.hooks import AmbiguousOutputError, UnknownLayerError
 from . import data as data_module
 from . import models as models_module
-from .arguments import describe, positive_int
+from .arguments import check_batch_fits, describe, length_flag, positive_int
 from .checkpoint import (
     RunError,
     TrainingStopped,
@@ -35,6 +35,8 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from .data.cache import CachedImages, attach_run_cache
+from .fingerprint import fingerprint_data
 from .monitor import (
     COLLAPSE_THRESHOLD,
     MetricsLog,
@@ -55,7 +57,10 @@ from .recipe import (
     digits_augmentation,
     resolve_precision,
 )
-from .run_dir import check_writable
+from .run_dir import check_writable, inside_message
+from .run_files import claim
+from .schedule import CHECKPOINT_MINUTES, CheckpointSchedule
+from .skipped import SkipReport
 from .world import World
 
 ESTIMATE_AFTER_STEPS = 5  # the duration estimate is printed after this many steps (the first one not counted)
@@ -83,7 +88,9 @@ class Run:
             check_writable(out)
         world.barrier()
         self.is_digits = data is None or (isinstance(data, str) and data == "digits" and not Path(data).exists())
+        self.skips = SkipReport(warn=self._warn)
         self.dataset = self._open_data("digits" if data is None else data, options["image_size"], model)
+        self.fingerprint = fingerprint_data(data, self.dataset)
         self._size_run(len(self.dataset))
         self._seed(options["seed"])  # everything random from here on (initialisation, augmentations)
         self._build_net(model)
@@ -94,9 +101,9 @@ class Run:
         self.model = self._distributed(self.learner)
         self.knn = self._knn_data()
         self.step = self.epoch = self.batch_in_epoch = 0
-        self.skipped: List[Tuple[str, str]] = []
         self.knn_history: List[Tuple[int, float]] = []
         self.elapsed = 0.0
+        self.checkpointed_step: Optional[int] = None
         self.collapse_warned: Optional[int] = None
         self.step_lr = self.step_tau = 0.0
 
@@ -132,7 +139,9 @@ class Run:
             small = isinstance(model, str) and model.strip().startswith("byol_wrap/")
             self.image_size = 96 if small else 224
         load_size = data_module.default_load_size(self.image_size) if image_size is not None or is_file_data else None
-        dataset = data_module.open_images(data, load_size, strict)
+        dataset = data_module.open_images(data, load_size, strict, exclude=[self.out] if is_file_data else [])
+        self._say(inside_message(self.out, data) if is_file_data else "")
+        self.skips.add(getattr(dataset, "scan_skipped", []))  # folders not readable, links not followed
         if image_size is None and not is_file_data:
             self.image_size = min(cast(Any, dataset).load_size)
         return dataset
@@ -144,10 +153,7 @@ class Run:
             "batch_size", options["batch_size"] or (256 if self.device.type == "cuda" else 128))
         if self.batch_size < 2:
             raise RunError("--batch-size must be at least 2 (BYOL's BatchNorm layers need 2 samples)")
-        if self.batch_size * world.size > size:
-            processes = f" x {world.size} processes" if world.distributed else ""
-            raise RunError(f"--batch-size {self.batch_size}{processes} is larger than the data set ({size} images); "
-                           f"use --batch-size {max(2, size // world.size)} or less")
+        check_batch_fits(self.batch_size, size, world.size)
         self.batches_per_epoch = data_module.batches_per_epoch(size, self.batch_size, world.size)
         if options["steps"] is not None:
             self.total_steps = positive_int("steps", options["steps"])
@@ -157,8 +163,9 @@ class Run:
                 epochs = DEFAULT_EPOCHS
             self.total_steps = (DIGITS_STEPS if epochs is None
                                 else positive_int("epochs", epochs) * self.batches_per_epoch)
-        self.checkpoint_every = positive_int(
-            "checkpoint_every", options["checkpoint_every"] or min(1000, max(100, self.total_steps // 10)))
+        self.checkpoints = CheckpointSchedule(self.total_steps, options["checkpoint_every"],
+                                              options.get("checkpoint_minutes", CHECKPOINT_MINUTES),
+                                              world.any if world.distributed else None)
         self.log_every = positive_int("log_every", options["log_every"])
 
     @staticmethod
@@ -230,7 +237,8 @@ class Run:
                                                   else describe(data)),
             model=describe(model), hidden_layer=describe(self.hidden_layer), image_size=self.image_size,
             batch_size=self.batch_size, total_steps=self.total_steps, precision=self.precision,
-            world_size=self.world.size, device_type=self.device.type)
+            world_size=self.world.size, device_type=self.device.type,
+            length=length_flag(self.options["steps"], self.options["epochs"], self.total_steps))
         arguments["weights"] = str(Path(arguments["weights"]).resolve()) if arguments["weights"] else None
         for key in ("steps", "epochs", "lr", "device"):
             arguments.pop(key, None)  # folded into total_steps / the learning rate / device_type
@@ -260,6 +268,7 @@ class Run:
         bar = progress_bar(self.total_steps, self.step, enabled=self.verbose and bool(self.options["progress"]))
         window = _Window()
         start_step, run_start = self.step, time.perf_counter()
+        self.checkpoints.done()
         step_sleep = float(os.environ.get("BYOL_WRAP_TEST_STEP_SLEEP", "0"))  # test hook: time to kill -9 a run
         try:
             for images in self._batches(loader, window):
@@ -271,9 +280,10 @@ class Run:
                 window.images += images.shape[0] * self.world.size
                 bar.update(1)
                 self._estimate_duration(start_step)
-                checkpoint_now = self._checkpoint_due()
+                checkpoint_now = self.checkpoints.due(self.step)
                 if self.step % self.log_every == 0 or checkpoint_now:
-                    row = self._log_row(loss, recorder.take(), window, checkpoint_now)
+                    row = self._log_row(loss, recorder.take(), window,
+                                        checkpoint_now and self.checkpoints.by_steps(self.step))
                     bar.set_postfix(bar_postfix(row), refresh=False)
                 if checkpoint_now and self.step != self.total_steps:
                     self._checkpoint()
@@ -283,6 +293,8 @@ class Run:
             bar.close()
             recorder.remove()
             loader.close()
+            if isinstance(self.dataset, CachedImages):
+                self.dataset.close()
             if self.world.main:
                 self.log.close()
         encoder = self._export()
@@ -295,6 +307,9 @@ class Run:
         if self.world.main:
             clean_temporary_files(self.out)
         resumed = self._resume()
+        if not resumed and self.world.main:
+            self._say(claim(self.out, bool(self.options["overwrite"])))
+        self._attach_cache()
         self.log = MetricsLog(self.out)
         if self.world.main:
             if resumed:
@@ -312,6 +327,11 @@ class Run:
         elif self.world.main:
             self._augmentation_plot()
         return resumed
+
+    def _attach_cache(self) -> None:
+        """Read a folder's decoded images through the image cache (``--cache``; docs/cache-and-loader.md)."""
+        self.dataset = attach_run_cache(self.dataset, self.options["cache"], self.out, self.world,
+                                        bool(self.options["overwrite"]), say=self._say)
 
     def _batches(self, loader: Any, window: _Window) -> Iterator[Tensor]:
         """The training batches from the current position on, epoch after epoch, until the last step."""
@@ -333,8 +353,7 @@ class Run:
             except data_module.UnreadableImageError as error:
                 raise RunError(str(error)) from error
             window.data_wait += time.perf_counter() - wait_start
-            if batch.skipped:
-                self._skipped(batch.skipped)
+            self._skipped(batch)
             self.batch_in_epoch += 1
             if self.batch_in_epoch >= self.batches_per_epoch:
                 self.epoch, self.batch_in_epoch, iterator = self.epoch + 1, 0, None
@@ -369,11 +388,8 @@ class Run:
         self.step_tau = self.learner.update_moving_average()
         return cast(Tensor, loss.detach())
 
-    def _checkpoint_due(self) -> bool:
-        return self.step % self.checkpoint_every == 0 or self.step == self.total_steps
-
     def _log_row(self, loss: Tensor, projections: Optional[Tensor], window: _Window,
-                 checkpoint_now: bool) -> Dict[str, Any]:
+                 evaluate: bool) -> Dict[str, Any]:
         """One row of ``metrics.jsonl`` for the window since the last row (also shown on the progress bar)."""
         now = time.perf_counter()
         seconds = max(now - window.start, 1e-9)
@@ -381,11 +397,11 @@ class Run:
         row = {"step": self.step, "epoch": self.epoch, "loss": self.world.mean(loss.item()),
                "tau": self.step_tau, "lr": self.step_lr,
                "images_per_s": window.images / seconds, "data_wait": window.data_wait / seconds,
-               "collapse": collapse, "skipped": len(self.skipped)}
+               "collapse": collapse, "skipped": len(self.skips)}
         self.elapsed += seconds
         window.reset(now)
         self._warn_collapse(collapse)
-        if checkpoint_now and self.knn is not None and self.step != self.total_steps:
+        if evaluate and self.knn is not None and self.step != self.total_steps:  # kNN at step-interval checkpoints
             row["knn"] = self._knn()
         if self.world.main:
             self.log.append(row)
@@ -395,7 +411,7 @@ class Run:
     def _warn_collapse(self, collapse: Optional[float]) -> None:
         if collapse is None or collapse >= COLLAPSE_THRESHOLD:
             return
-        if self.collapse_warned is not None and self.step - self.collapse_warned < self.checkpoint_every:
+        if self.collapse_warned is not None and self.step - self.collapse_warned < self.checkpoints.every:
             return  # loud, but once per checkpoint interval
         self.collapse_warned = self.step
         self._warn(f"WARNING: the representations may be collapsing: collapse metric {collapse:.3f} "
@@ -417,21 +433,22 @@ class Run:
     def _state(self, finished: bool) -> Dict[str, Any]:
         rng = self.world.gather(get_rng_state())
         if self.world.distributed:  # every rank's unreadable files (each decodes its own shard)
-            merged = list(dict.fromkeys(item for rank_items in self.world.gather(self.skipped) for item in rank_items))
-            self.skipped = [tuple(item) for item in merged]
+            for rank_items in self.world.gather(self.skips.items):
+                self.skips.add(rank_items, quiet=True)
         return {
             "format": "byol-wrap-run", "version": 1, "learner": self.learner.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "rng": rng,
             "arguments": self.arguments, "finished": finished,
-            "skipped": [list(item) for item in self.skipped], "knn": [list(item) for item in self.knn_history],
-            "elapsed": self.elapsed, "encoder": self._encoder_meta(),
+            "skipped": [list(item) for item in self.skips.items], "knn": [list(item) for item in self.knn_history],
+            "elapsed": self.elapsed, "encoder": self._encoder_meta(), "data_fingerprint": self.fingerprint,
         }
 
     def _resume(self) -> bool:
         overwrite = bool(self.options["overwrite"])
-        state = resume_state(self.out, self.arguments, overwrite and self.world.main) \
+        state = resume_state(self.out, self.arguments, overwrite and self.world.main, self.fingerprint,
+                             bool(self.options["allow_data_change"]), self._warn) \
             if self.world.main or not overwrite else None
         self.world.barrier()
         if not self.world.main and overwrite:
@@ -450,7 +467,8 @@ class Run:
                            f"use --overwrite to start afresh") from error
         self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), \
             int(state["batch_in_epoch"])
-        self.skipped = [tuple(item) for item in state.get("skipped", [])]
+        self.skips.add([tuple(item) for item in state.get("skipped", [])], quiet=True)
+        self.checkpointed_step = self.step
         self.knn_history = [(int(s), float(a)) for s, a in state.get("knn", [])]
         self.elapsed = float(state.get("elapsed", 0.0))
         rng = state["rng"]
@@ -459,20 +477,18 @@ class Run:
 
     def _checkpoint(self, finished: bool = False) -> None:
         state = self._state(finished)
+        if isinstance(self.dataset, CachedImages):
+            self.dataset.sync()  # the records decoded so far become durable with the checkpoint
         if self.world.main:
             self.log.flush()              # metrics first: on resume, rows beyond the checkpoint are dropped
-            self._write_skipped()
+            self.skips.write(self.out / "skipped.txt")  # rewritten only when files were skipped since the last
             save_checkpoint(state, self.out)
+            self.checkpointed_step = self.step
             from .monitor import plot_training
 
             plot_training(self.log, self.out / "plots" / "training.png")
+        self.checkpoints.done()
         self.world.barrier()
-
-    def _write_skipped(self) -> None:
-        from .io import atomic_write_text
-
-        if self.skipped or (self.out / "skipped.txt").exists():
-            atomic_write_text(self.out / "skipped.txt", "".join(f"{path}\t{reason}\n" for path, reason in self.skipped))
 
     # ------------------------------------------------------------------ kNN
     def _knn(self) -> Optional[float]:
@@ -531,7 +547,7 @@ class Run:
         plot_augmentations(images, view1, view2, self.out / "plots" / "augmentations.png")
 
     def _say(self, message: str) -> None:
-        if self.verbose:
+        if self.verbose and message:
             from tqdm.auto import tqdm
 
             tqdm.write(message, file=sys.stdout)
@@ -550,15 +566,20 @@ class Run:
             f"Lower --lr (now {self.lr:g}){', or use --precision 32' if self.precision != '32' else ''}, "
             f"then start again with --overwrite")
 
-    def _skipped(self, skipped: Sequence[Tuple[str, str]]) -> None:
-        for path, reason in skipped:
-            if self.options["strict"]:
-                raise RunError(f"cannot decode {path}: {reason} (--strict stops at the first unreadable image)")
-            if (path, reason) not in self.skipped:
-                self.skipped.append((path, reason))
-                self._warn(f"skipped {path}: {reason}")
-        if self.world.main:
-            self._write_skipped()
+    def _skipped(self, batch: Any) -> None:
+        """Record the batch's unreadable files (``--strict``: stop at the first); stop when most of the first
+        thousand files (or of the data) cannot be decoded."""
+        if batch.skipped and self.options["strict"]:
+            path, reason = batch.skipped[0]
+            raise RunError(f"cannot decode {path}: {reason} (--strict stops at the first unreadable image)")
+        self.skips.add(batch.skipped)
+        self.skips.observe(len(batch.images) + len(batch.skipped), len(batch.skipped))
+        # decided by each process on its own files, without a collective: under torchrun a batch skipped on one
+        # rank only puts the ranks' batch counts out of step (torchrun ends the others when one stops)
+        if self.skips.too_many(len(self.dataset) // self.world.size):
+            if self.world.main:
+                self.skips.write(self.out / "skipped.txt")
+            raise RunError(self.skips.too_many_message(self.arguments["data"], self.out / "skipped.txt"))
 
     # ------------------------------------------------------------------ the end
     def _encoder_meta(self) -> Dict[str, Any]:
@@ -591,7 +612,7 @@ class Run:
         rate = steps * self.batch_size * self.world.size / max(seconds, 1e-9)
         self._say(f"done: {self.step} steps ({steps} in this session, {seconds:.0f} s, {rate:.0f} images/s); "
                   f"encoder: {encoder}; run files: {self.out}"
-                  + (f"; skipped {len(self.skipped)} unreadable files (skipped.txt)" if self.skipped else ""))
+                  + (f"; {self.skips.summary()} (skipped.txt)" if len(self.skips) else ""))
         if after is not None:
             self._say(f"kNN accuracy after:  {after:.2%}" + (f" (before: {before:.2%})" if before is not None else ""))
 

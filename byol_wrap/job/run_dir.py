@@ -48,3 +48,18 @@ def remove_if_empty(out: Path, created: Path) -> None:
         if folder == created or folder.parent == folder:
             return
         folder = folder.parent
+
+
+def inside_message(out: Path, data: object) -> str:
+    """What to say when RUN_DIR lies inside the data folder (its files are then left out of the scan), else "".
+
+    Example:
+        >>> inside_message(Path("/a/b/run"), "/a/c")
+        ''
+    """
+    try:
+        inside = Path(data).is_dir() and out.resolve().is_relative_to(Path(data).resolve())  # type: ignore[arg-type]
+    except (OSError, TypeError, ValueError):
+        return ""
+    return f"RUN_DIR {out} is inside the data folder {data}: its files are left out of the training data" \
+        if inside else ""

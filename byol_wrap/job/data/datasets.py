@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -22,6 +22,7 @@ from .decode import UnreadableImageError, _import_pil, _pil_to_tensor, error_rea
 from .geometry import Size, resize_center_crop, size_pair
 
 Item = Tuple[Optional[Tensor], int, Optional[str]]
+FIRST_ITEMS = 64  # a user's Dataset: items tried for the first readable one (its size sets the batches')
 
 
 class ImageFiles(Dataset):
@@ -41,6 +42,7 @@ class ImageFiles(Dataset):
         self.load_size = size_pair(load_size)
         self.strict = strict
         self.root = root
+        self.scan_skipped: List[Tuple[str, str]] = []  # folders not read, links not followed: (path, reason)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -118,7 +120,9 @@ class UserImages(Dataset):
     channels), numpy ``(H, W, C)`` uint8 arrays, or tuples/lists whose first element is one of
     these (``(image, label)``: the label is ignored). PIL images are resized and centre-cropped
     to ``load_size``; tensors keep their size unless it differs from the first item's (then they
-    are resized to it), so batches collate. An item that raises is reported as skipped.
+    are resized to it), so batches collate. An item that raises when read (a corrupt file in an
+    ``ImageFolder``) is skipped and reported like an unreadable file, named by its file when the
+    Dataset lists them (``samples``); ``strict`` stops at it.
 
     Example:
         >>> ds = UserImages([(torch.rand(3, 8, 8), 0)] * 4, load_size=8)
@@ -135,7 +139,20 @@ class UserImages(Dataset):
         if len(dataset) == 0:
             raise ValueError("the Dataset is empty")
         self._size: Optional[Tuple[int, int]] = None if load_size is None else size_pair(load_size)
-        first = self._convert(dataset[0])  # fails early, in the caller's process, with a clear message
+        first, reason = None, ""
+        for index in range(min(len(dataset), FIRST_ITEMS)):
+            try:
+                item = dataset[index]
+            except (MemoryError, KeyboardInterrupt):
+                raise
+            except Exception as error:  # a corrupt file in an ImageFolder: skipped like a file, when drawn
+                reason = reason or f"{self.describe(index)}: {error_reason(error)}"
+                continue
+            first = self._convert(item)  # a wrong kind of item fails early, in the caller's process
+            break
+        if first is None:
+            raise ValueError(f"the first {min(len(dataset), FIRST_ITEMS)} items of the Dataset all raise when "
+                             f"read, e.g. {reason}; check the Dataset (or its files)")
         self.load_size = self._size or (int(first.shape[1]), int(first.shape[2]))
         self._tensor_size = (int(first.shape[1]), int(first.shape[2]))
 
@@ -176,6 +193,13 @@ class UserImages(Dataset):
             return None, index, error_reason(error)
 
     def describe(self, index: int) -> str:
+        """``"dataset[i]"``, with the item's file when the Dataset lists them (``ImageFolder.samples``)."""
+        samples = getattr(self.dataset, "samples", None)
+        if isinstance(samples, (list, tuple)) and len(samples) == len(self.dataset) and 0 <= index < len(samples):
+            entry = samples[index]
+            path = entry[0] if isinstance(entry, (tuple, list)) and entry else entry
+            if isinstance(path, (str, os.PathLike)):
+                return f"{os.fspath(path)} (dataset[{index}])"
         return f"dataset[{index}]"
 
 

@@ -20,7 +20,9 @@ import torch
 from torch import Tensor
 
 from .geometry import Size, size_pair
+from .jpeg import decode_jpeg_whole, jpeg_decoder_version
 
+DECODER_VERSION = 1  # of read_image's output (the image cache's records are keyed by it)
 TRAIN_EXTRA = 'pip install "byol-wrap[train]"'
 
 
@@ -125,6 +127,9 @@ def read_image(path: Union[str, os.PathLike[str]], load_size: Optional[Size]) ->
             raise UnreadableImageError(path_str, "empty file (0 bytes)")
         with Image.open(path_str) as image:
             if size is not None and image.format == "JPEG":
+                whole = decode_jpeg_whole(path_str, image, size)  # simplejpeg: the same pixels, faster
+                if whole is not None:
+                    return _pil_to_tensor(whole, size, Image)
                 image.draft("RGB", (size[1], size[0]))  # decode at a reduced scale, still >= size
             image.load()
             if "exif" in image.info or image.format == "TIFF":  # exif_transpose copies even with no EXIF
@@ -138,3 +143,34 @@ def read_image(path: Union[str, os.PathLike[str]], load_size: Optional[Size]) ->
         raise
     except Exception as error:  # OSError (truncated), UnidentifiedImageError, ValueError (modes), SyntaxError...
         raise UnreadableImageError(path_str, error_reason(error)) from error
+
+
+def decoder_id() -> str:
+    """The decoder the records come from: byol-wrap's ``read_image`` and the libraries under it.
+
+    The image cache keys its records by it: records of another decoder are never read back as if they were
+    this one's. Raise :data:`DECODER_VERSION` when ``read_image`` changes its output.
+
+    Example:
+        >>> decoder_id().startswith("read_image/")
+        True
+    """
+    parts = [f"read_image/{DECODER_VERSION}"]
+    try:
+        import PIL
+        from PIL import features
+
+        parts.append(f"Pillow {PIL.__version__}")
+        for lib in ("libjpeg_turbo", "jpg", "zlib", "libtiff", "webp"):
+            try:
+                version = features.version(lib)
+            except Exception:  # noqa: BLE001 - a feature Pillow was built without
+                version = None
+            if version:
+                parts.append(f"{lib} {version}")
+    except ImportError:  # pragma: no cover - the job needs Pillow
+        pass
+    fast = jpeg_decoder_version()
+    if fast:
+        parts.append(fast)
+    return "; ".join(parts)

@@ -47,6 +47,8 @@ class SkipCollate:
         self.size = size_pair(getattr(dataset, "load_size", (1, 1)))
 
     def __call__(self, items: Sequence[Item]) -> Batch:
+        if isinstance(items, Batch):  # a dataset that fetches whole batches (``__getitems__``, the image cache)
+            return items
         good = [(img, idx) for img, idx, _ in items if img is not None]
         skipped = [(self.describe(idx), str(reason)) for img, idx, reason in items if img is None]
         if good:
@@ -135,12 +137,14 @@ class ImageLoader:
     chooses the epoch's deterministic order and where to start in it (exact resume).
 
     Image files are decoded by ``workers`` persistent DataLoader worker processes; in-memory
-    tensors are indexed directly. With ``continuous`` (the default), the workers run ahead into
-    the next epoch: iterating epoch ``e`` to its end and then ``set_epoch(e + 1)`` continues without
-    a stall (any other position restarts the workers' queue there, counted in ``restarts``; the
-    order is the same either way). With ``strict``, the first unreadable image raises
-    :class:`UnreadableImageError` (in the caller's process). A batch holds fewer images than
-    ``batch_size`` when some were skipped (possibly none: check ``len(batch.images)``).
+    tensors are indexed directly; a dataset whose ``complete()`` says every item is at hand (the
+    image cache once full) is read by a thread of this process, the workers stopped. With
+    ``continuous`` (the default), the workers run ahead into the next epoch: iterating epoch ``e``
+    to its end and then ``set_epoch(e + 1)`` continues without a stall (any other position restarts
+    the workers' queue there, counted in ``restarts``; the order is the same either way). With
+    ``strict``, the first unreadable image raises :class:`UnreadableImageError` (in the caller's
+    process). A batch holds fewer images than ``batch_size`` when some were skipped (possibly none:
+    check ``len(batch.images)``).
     Call :meth:`close` to stop the workers.
     """
 
@@ -166,7 +170,8 @@ class ImageLoader:
         self.workers = 0 if self.in_memory else (default_workers() if workers is None else int(workers))
         self._loader: Optional[DataLoader] = None
         self._continuous = _ContinuousBatchSampler(self.sampler) if continuous else None
-        self._stream: Optional[Iterator[Batch]] = None  # the continuous DataLoader iterator
+        self._stream: Optional[Iterator[Batch]] = None  # the continuous DataLoader iterator (or reading thread)
+        self._threaded = False  # whether _stream is a thread of this process
         self._next_position: Optional[Tuple[int, int]] = None  # (epoch, batch) it delivers next
         self.restarts = 0
         if not self.in_memory:
@@ -194,13 +199,27 @@ class ImageLoader:
         if self._loader is None:
             raise RuntimeError("this ImageLoader was closed")
         batches: Iterator[Batch]
+        complete = getattr(self.dataset, "complete", None)
+        threaded = callable(complete) and bool(complete())  # every item at hand (a full image cache)
         if self._continuous is None:
-            batches = iter(self._loader)
+            if threaded:
+                from .prefetch import threaded_batches
+
+                batches = threaded_batches(self.dataset, iter(self.sampler), self.pin_memory)
+            else:
+                batches = iter(self._loader)
         else:
             epoch, skip = self.sampler.epoch, self.sampler.skip_batches
-            if self._stream is None or self._next_position != (epoch, skip):
+            if self._stream is None or self._next_position != (epoch, skip) or self._threaded != threaded:
+                self._stop_stream(shutdown_workers=threaded)
                 self._continuous.start = (epoch, skip)
-                self._stream = iter(self._loader)  # (re)starts the workers' queue at (epoch, skip)
+                if threaded:  # read by a thread of this process, running ahead across epochs as workers do
+                    from .prefetch import threaded_batches
+
+                    self._stream = threaded_batches(self.dataset, iter(self._continuous), self.pin_memory)
+                else:
+                    self._stream = iter(self._loader)  # (re)starts the workers' queue at (epoch, skip)
+                self._threaded = threaded
                 self.restarts += 1
                 self._next_position = (epoch, skip)
             batches = self._epoch_of(self._stream, epoch, skip, self.sampler.total())
@@ -215,8 +234,26 @@ class ImageLoader:
             self._next_position = (epoch, b + 1) if b + 1 < total else (epoch + 1, 0)
             yield batch
 
+    def _stop_stream(self, shutdown_workers: bool = False) -> None:
+        """End the running stream: the reading thread, or (``shutdown_workers``) the persistent workers
+        (a later DataLoader iteration starts them again)."""
+        stream, self._stream, self._next_position = self._stream, None, None
+        if stream is None:
+            return
+        if self._threaded:
+            stream.close()  # type: ignore[attr-defined]
+            return
+        if not shutdown_workers:
+            return
+        iterator = getattr(self._loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+            self._loader._iterator = None  # type: ignore[union-attr]
+
     def close(self) -> None:
         """Stop the worker processes (they also stop when the loader is garbage-collected)."""
+        if self._threaded:
+            self._stop_stream()
         self._stream = None
         self._next_position = None
         self._loader = None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -21,7 +21,8 @@ from .geometry import Size
 DataArg = Union[str, "os.PathLike[str]", Dataset, Tensor]
 
 
-def open_images(data: DataArg, load_size: Optional[Size], strict: bool = False) -> Dataset:
+def open_images(data: DataArg, load_size: Optional[Size], strict: bool = False,
+                exclude: Sequence[Union[str, os.PathLike[str]]] = ()) -> Dataset:
     """The training images ``data`` names, as a Dataset of ``(image or None, index, reason)`` items.
 
     Args:
@@ -32,6 +33,8 @@ def open_images(data: DataArg, load_size: Optional[Size], strict: bool = False) 
         load_size: the decode size of image files (see :func:`default_load_size`); in-memory
             arrays keep their own size.
         strict: recorded on the dataset; loaders then raise at the first unreadable image.
+        exclude: folders left out of a folder's scan (RUN_DIR inside the data folder). Folders that
+            cannot be read and links not followed are in the dataset's ``scan_skipped``.
 
     Raises:
         FileNotFoundError: a path that does not exist.
@@ -59,10 +62,15 @@ def open_images(data: DataArg, load_size: Optional[Size], strict: bool = False) 
         return ImageTensors(load_npz_images(path), name=f"{path.name}:x_train", strict=strict)
     if load_size is None:
         raise ValueError("give load_size to decode image files")
-    paths = find_image_paths(path)
+    problems: List[Tuple[str, str]] = []
+    paths = find_image_paths(path, exclude=exclude, problems=problems)
     if not paths:
         what = "is not an image file" if path.is_file() else "holds no images"
+        if problems:
+            what += f" that can be read ({problems[0][0]}: {problems[0][1]})"
         raise ValueError(f"{path} {what} (searched recursively for {', '.join(IMAGE_EXTENSIONS)}, any case; "
                          f"hidden files and folders skipped); give a folder of images, a .npz with x_train "
                          f"or 'digits'")
-    return ImageFiles(paths, load_size, strict=strict, root=path)
+    dataset = ImageFiles(paths, load_size, strict=strict, root=path)
+    dataset.scan_skipped = problems
+    return dataset
