@@ -30,7 +30,7 @@ QUERIES = 6
 NEIGHBOURS = 6
 
 __all__ = ["nearest_neighbours", "plot_neighbours", "draw_neighbours", "sample_images", "plot_run_neighbours",
-           "MAX_IMAGES", "RUN_IMAGES"]
+           "neighbours_png", "MAX_IMAGES", "RUN_IMAGES"]
 
 
 def nearest_neighbours(features: Tensor, queries: Tensor, k: int) -> Tensor:
@@ -184,3 +184,10 @@ def plot_run_neighbours(encoder_path: PathLike, dataset: Any, out: PathLike, *, 
     except Exception as error:  # noqa: BLE001 - a picture must not fail a finished run
         warnings.warn(f"could not draw {out}: {type(error).__name__}: {error}", stacklevel=2)
         return None
+
+
+def neighbours_png(run: Any, encoder_path: Path) -> None:
+    """The end of a ``pretrain`` run (:class:`byol_wrap.job.run.Run`): ``RUN_DIR/plots/neighbours.png``, on rank 0."""
+    if run.world.main:
+        plot_run_neighbours(encoder_path, run.dataset, run.out / "plots" / "neighbours.png", net=run.net,
+                            seed=run.options["seed"], device=run.device, workers=run.options["workers"])

@@ -46,6 +46,7 @@ from .monitor import (
     format_duration,
     progress_bar,
 )
+from .neighbours import neighbours_png
 from .recipe import (
     ADAM_LR,
     DEFAULT_EPOCHS,
@@ -298,7 +299,7 @@ class Run:
             if self.world.main:
                 self.log.close()
         encoder = self._export()
-        self._neighbours_plot(encoder)
+        neighbours_png(self, encoder)
         self._summary(start_step, time.perf_counter() - run_start, encoder, knn_before, knn_after)
         return encoder
 
@@ -597,14 +598,6 @@ class Run:
             export_encoder(self.net, path, steps=self.step, **self._encoder_meta())
         self.world.barrier()
         return path
-
-    def _neighbours_plot(self, encoder: Path) -> None:
-        """``plots/neighbours.png``: training images and their nearest neighbours, trained vs untrained."""
-        if self.world.main:
-            from .neighbours import plot_run_neighbours
-
-            plot_run_neighbours(encoder, self.dataset, self.out / "plots" / "neighbours.png", net=self.net,
-                                seed=self.options["seed"], device=self.device, workers=self.options["workers"])
 
     def _summary(self, start_step: int, seconds: float, encoder: Path, before: Optional[float],
                  after: Optional[float]) -> None:
