@@ -221,12 +221,46 @@ class Encoder(nn.Module):
     def image_size(self) -> Any:
         return self.meta.get("image_size")
 
+    def preprocess(self, images: Any, normalize: bool = False) -> Tensor:
+        """``embed``'s preprocessing of paths, a folder, PIL images, arrays or tensors: uint8 at
+        :attr:`image_size`, the input of ``self(...)``; ``normalize=True``: the float input of
+        ``self.net`` (see :func:`byol_wrap.job.preprocess.preprocess`).
+
+        Example:
+            >>> vectors = encoder(encoder.preprocess(["a.jpg", "b.png"]))   # doctest: +SKIP
+        """
+        from .preprocess import preprocess
+
+        statistics = self.meta.get("normalize") if normalize else None
+        batch = preprocess(images, self.image_size, normalize=statistics)
+        if normalize and statistics is None:  # trained without normalisation: the net takes [0, 1]
+            batch = to_float_images(batch)
+        return batch.to(self._device())
+
+    def _device(self) -> torch.device:
+        return next((p.device for p in self.net.parameters()), torch.device("cpu"))
+
     def extra_repr(self) -> str:
         return (f"model_spec={self.meta.get('model_spec')!r}, hidden_layer={self.extractor.layer!r}, "
                 f"image_size={self.image_size!r}")
 
 
 def _read_encoder_file(path: Path) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
+    from .export_formats import is_safetensors, read_safetensors
+
+    if is_safetensors(path):  # byol-wrap export --format safetensors
+        state, meta = read_safetensors(path)
+    else:
+        state, meta = _read_torch_encoder(path)
+    if meta.get("format") != FORMAT:
+        raise UnreadableFileError(f"{path} is not a byol-wrap encoder file; give the encoder.pt a byol-wrap run wrote")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise RuntimeError(f"{path} was written by a newer byol-wrap ({meta.get('byol_wrap_version')}); upgrade "
+                           f"byol-wrap to load it")
+    return state, meta
+
+
+def _read_torch_encoder(path: Path) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
     obj = load_torch_file(path, "encoder", hint="export it again with: byol-wrap export RUN_DIR")
     meta = obj.get("meta") if isinstance(obj, dict) else None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(obj.get("state_dict"), dict):
@@ -234,15 +268,12 @@ def _read_encoder_file(path: Path) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
         hint = ("it looks like a training checkpoint: make the encoder with byol-wrap export RUN_DIR"
                 if looks_like_checkpoint else "give the encoder.pt a byol-wrap run wrote")
         raise UnreadableFileError(f"{path} is not a byol-wrap encoder file; {hint}")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise RuntimeError(f"{path} was written by a newer byol-wrap ({meta.get('byol_wrap_version')}); upgrade "
-                           f"byol-wrap to load it")
     return obj["state_dict"], meta
 
 
 def load_encoder(path: Union[str, Path], device: Union[str, torch.device] = "cpu",
                  model: Union[nn.Module, str, None] = None, how: Optional[str] = None) -> Encoder:
-    """Rebuild the encoder an ``encoder.pt`` describes, in eval mode on ``device``.
+    """Rebuild the encoder an ``encoder.pt`` (or ``encoder.safetensors``) describes, in eval mode on ``device``.
 
     A file never decides which code runs: from the spec the file records, only the built-in families
     (``torchvision/``, ``timm/``, ``byol_wrap/``) are rebuilt, nothing downloaded. For any other network

@@ -48,6 +48,7 @@ from .monitor import (
     format_duration,
     progress_bar,
 )
+from .neighbours import neighbours_png
 from .recipe import (
     ADAM_LR,
     DEFAULT_EPOCHS,
@@ -323,6 +324,7 @@ class Run:
             if self.world.main:
                 self.log.close()
         encoder = self._export()
+        neighbours_png(self, encoder)
         self._summary(start_step, time.perf_counter() - run_start, encoder, knn_before, knn_after)
         return encoder
 
