@@ -34,6 +34,7 @@ __all__ = [
     "byol_param_groups",
     "ddp_params_to_ignore",
     "default_augmentations",
+    "evaluate",
     "get_rng_state",
     "list_layers",
     "load_encoder",
@@ -50,6 +51,7 @@ __all__ = [
 _LAZY: Dict[str, Tuple[str, str]] = {
     "pretrain": ("byol_wrap.job.train", "pretrain"),
     "load_encoder": ("byol_wrap.job.encoder", "load_encoder"),
+    "evaluate": ("byol_wrap.job.evaluate", "evaluate"),
     "get_rng_state": ("byol_wrap.core.rng", "get_rng_state"),
     "set_rng_state": ("byol_wrap.core.rng", "set_rng_state"),
     "NonFiniteError": ("byol_wrap.core.checks", "NonFiniteError"),

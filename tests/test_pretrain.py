@@ -98,6 +98,7 @@ def test_skipped_txt_names_exactly_the_broken_files(folder_run):
 def test_encoder_loads_and_embeds(folder_run, tmp_path, capsys):
     from byol_wrap.job.cli import main
     from byol_wrap.job.data import default_load_size, eval_images, read_image
+    from byol_wrap.job.data.channels import meta_pixel_format
     from byol_wrap.job.encoder import load_encoder
 
     root, out, encoder, broken = folder_run
@@ -110,7 +111,10 @@ def test_encoder_loads_and_embeds(folder_run, tmp_path, capsys):
                       and not p.name.startswith(".") and str(p) not in broken)
     assert sorted(paths) == readable
     net = load_encoder(encoder)
-    images = torch.stack([eval_images(read_image(p, default_load_size(16)).unsqueeze(0), 16)[0] for p in paths])
+    # decoded as the run decodes them: the 16-bit PNG among 8-bit files makes it a 16-bit RGB run (issue 19)
+    fmt = meta_pixel_format(net.meta)
+    assert fmt is not None and (fmt.channels, fmt.dtype) == (3, "uint16")
+    images = torch.stack([eval_images(read_image(p, default_load_size(16), fmt).unsqueeze(0), 16)[0] for p in paths])
     with torch.no_grad():
         expected = net(images)
     assert embeddings.shape == tuple(expected.shape)

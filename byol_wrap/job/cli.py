@@ -1,4 +1,5 @@
-"""The ``byol-wrap`` command (also ``python -m byol_wrap``): ``pretrain``, ``export``, ``embed``, ``layers``.
+"""The ``byol-wrap`` command (also ``python -m byol_wrap``): ``pretrain``, ``export``, ``embed``, ``eval``,
+``neighbours``, ``layers``.
 
 Bad input (a missing path, an unknown model, an unwritable RUN_DIR...) prints one line on stderr
 and exits with code 2; a run that stops on purpose (divergence, a full disk) exits with 1, its
@@ -9,6 +10,7 @@ Example:
     $ byol-wrap pretrain photos/ --out runs/photos --model torchvision/resnet18 --image-size 96 --epochs 20
     $ byol-wrap export runs/photos                              # encoder.pt from the last checkpoint
     $ byol-wrap embed runs/photos/encoder.pt new_photos/ --out embeddings.npz
+    $ byol-wrap eval runs/photos/encoder.pt labelled/ --test labelled_test/
     $ byol-wrap layers torchvision/resnet18 --image-size 96
 """
 from __future__ import annotations
@@ -18,6 +20,8 @@ import os
 import sys
 import warnings
 from typing import NoReturn, Optional, Sequence, Union
+
+from .cli_encoder import HANDLERS, add_export_options, add_parsers, export_command
 
 MODEL_OPT_IN = ("the network's spec, for an encoder whose recorded spec is not built-in (torchvision/, timm/, "
                 "byol_wrap/): a <module or file.py>:<callable> you trust; it imports and runs that code")
@@ -41,6 +45,19 @@ def _layer(value: str) -> Union[str, int]:
         return value
 
 
+def _channels(value: str) -> Union[str, int]:
+    """``auto`` or a positive channel count."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be auto or a positive integer, got {value!r}")
+    return count
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``byol-wrap`` argument parser.
 
@@ -49,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         10
     """
     parser = _Parser(prog="byol-wrap", description="BYOL self-supervised pretraining of any image backbone.")
-    commands = parser.add_subparsers(dest="command", metavar="{pretrain,export,embed,layers}", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", metavar="{pretrain,export,embed,eval,neighbours,layers}",
+                                     parser_class=_Parser)
     commands.required = True
 
     p = commands.add_parser("pretrain", help="pretrain an encoder on a folder of images (or the built-in digits)",
@@ -69,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None, metavar="N",
                    help="side of the augmented views (default: 224 for image folders, 96 with byol_wrap/ models, "
                         "the arrays' own size for .npz, 32 for digits)")
+    p.add_argument("--channels", type=_channels, default="auto", metavar="auto|N",
+                   help="channels of the run: auto (default) takes the image files' own count from their headers "
+                        "(grey folder: 1, 4-band TIFFs: 4, colour photos with some grey files: 3); files that do "
+                        "not fit are converted where nothing is lost or skipped with the reason in skipped.txt")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="images per step and process (default: 128 on CPU, 256 on GPU)")
     length = p.add_mutually_exclusive_group()
@@ -117,12 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "(its losses then no longer match an uninterrupted run's)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
-    e = commands.add_parser("export", help="write RUN_DIR/encoder.pt from the run's last checkpoint")
-    e.add_argument("run_dir", metavar="RUN_DIR")
+    e = commands.add_parser("export", help="write RUN_DIR/encoder.pt (or --format safetensors|timm|onnx) from the "
+                                           "run's last checkpoint")
+    e.add_argument("run_dir", metavar="RUN_DIR", help="a run's folder, or an encoder file to convert")
     e.add_argument("--out", default=None, metavar="FILE",
-                   help="a file, or a folder to write encoder.pt into (default: RUN_DIR/encoder.pt)")
+                   help="a file, or a folder to write encoder.pt (.safetensors...) into (default: RUN_DIR/encoder.pt)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     e.add_argument("--model", default=None, metavar="SPEC", help=MODEL_OPT_IN)
+    add_export_options(e)  # --format
 
     m = commands.add_parser("embed", help="embed a folder of images with an exported encoder")
     m.add_argument("encoder", metavar="ENCODER", help="an encoder.pt")
@@ -133,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", default=None)
     m.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     m.add_argument("--model", default=None, metavar="SPEC", help=MODEL_OPT_IN)
+
+    add_parsers(commands)  # eval, neighbours
 
     layers = commands.add_parser("layers", help="list the hidden layers of a model spec and their sizes")
     layers.add_argument("spec", metavar="SPEC")
@@ -152,10 +178,7 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from .export import export_run
-
-    path = export_run(args.run_dir, args.out, model=args.model, overwrite=args.overwrite, how=HOW)
-    print(f"encoder: {path}")
+    export_command(args, HOW)
 
 
 def _embed(args: argparse.Namespace) -> None:
@@ -198,7 +221,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         0
     """
     args = build_parser().parse_args(argv)
-    handler = {"pretrain": _pretrain, "export": _export, "embed": _embed, "layers": _layers}[args.command]
+    handler = {"pretrain": _pretrain, "export": _export, "embed": _embed, "layers": _layers, **HANDLERS}[args.command]
     if os.environ.get("BYOL_WRAP_DEBUG"):
         handler(args)
         return 0

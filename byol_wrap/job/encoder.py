@@ -185,9 +185,11 @@ def export_encoder(
 
 
 class Encoder(nn.Module):
-    """A trained backbone as a function of images: ``(N, 3, H, W)`` uint8 or float in [0, 1]
-    -> ``(N, representation_size)``; the training normalisation, hidden layer and pooling are
-    applied. ``meta`` is the encoder file's metadata.
+    """A trained backbone as a function of images: ``(N, C, H, W)`` uint8 (divided by 255), uint16
+    (divided by the run's full intensity, ``meta["pixel_format"]["scale"]``) or float (as the run
+    saw them: ``x / scale``) -> ``(N, representation_size)``; the training normalisation (the run's
+    per-channel statistics, or ImageNet's for 8-bit RGB), hidden layer and pooling are applied.
+    ``meta`` is the encoder file's metadata (``channels`` and ``pixel_format`` for runs that record them).
 
     Example:
         >>> from byol_wrap.job.models import small_cnn
@@ -205,7 +207,11 @@ class Encoder(nn.Module):
         self.meta: Dict[str, Any] = dict(meta or {})
 
     def forward(self, images: Tensor) -> Tensor:
-        x = to_float_images(images)
+        if images.dtype == torch.uint16:  # 16-bit samples: divided by the run's full intensity
+            fmt = self.meta.get("pixel_format") or {}
+            x = images.to(torch.float32).div_(float(fmt.get("scale", 65535.0)))
+        else:
+            x = to_float_images(images)
         dtype = next((p.dtype for p in self.net.parameters() if p.is_floating_point()), x.dtype)
         if self.normalizer is not None:
             x = self.normalizer(x)
@@ -215,12 +221,46 @@ class Encoder(nn.Module):
     def image_size(self) -> Any:
         return self.meta.get("image_size")
 
+    def preprocess(self, images: Any, normalize: bool = False) -> Tensor:
+        """``embed``'s preprocessing of paths, a folder, PIL images, arrays or tensors: uint8 at
+        :attr:`image_size`, the input of ``self(...)``; ``normalize=True``: the float input of
+        ``self.net`` (see :func:`byol_wrap.job.preprocess.preprocess`).
+
+        Example:
+            >>> vectors = encoder(encoder.preprocess(["a.jpg", "b.png"]))   # doctest: +SKIP
+        """
+        from .preprocess import preprocess
+
+        statistics = self.meta.get("normalize") if normalize else None
+        batch = preprocess(images, self.image_size, normalize=statistics)
+        if normalize and statistics is None:  # trained without normalisation: the net takes [0, 1]
+            batch = to_float_images(batch)
+        return batch.to(self._device())
+
+    def _device(self) -> torch.device:
+        return next((p.device for p in self.net.parameters()), torch.device("cpu"))
+
     def extra_repr(self) -> str:
         return (f"model_spec={self.meta.get('model_spec')!r}, hidden_layer={self.extractor.layer!r}, "
                 f"image_size={self.image_size!r}")
 
 
 def _read_encoder_file(path: Path) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
+    from .export_formats import is_safetensors, read_safetensors
+
+    if is_safetensors(path):  # byol-wrap export --format safetensors
+        state, meta = read_safetensors(path)
+    else:
+        state, meta = _read_torch_encoder(path)
+    if meta.get("format") != FORMAT:
+        raise UnreadableFileError(f"{path} is not a byol-wrap encoder file; give the encoder.pt a byol-wrap run wrote")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise RuntimeError(f"{path} was written by a newer byol-wrap ({meta.get('byol_wrap_version')}); upgrade "
+                           f"byol-wrap to load it")
+    return state, meta
+
+
+def _read_torch_encoder(path: Path) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
     obj = load_torch_file(path, "encoder", hint="export it again with: byol-wrap export RUN_DIR")
     meta = obj.get("meta") if isinstance(obj, dict) else None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(obj.get("state_dict"), dict):
@@ -228,15 +268,12 @@ def _read_encoder_file(path: Path) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
         hint = ("it looks like a training checkpoint: make the encoder with byol-wrap export RUN_DIR"
                 if looks_like_checkpoint else "give the encoder.pt a byol-wrap run wrote")
         raise UnreadableFileError(f"{path} is not a byol-wrap encoder file; {hint}")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise RuntimeError(f"{path} was written by a newer byol-wrap ({meta.get('byol_wrap_version')}); upgrade "
-                           f"byol-wrap to load it")
     return obj["state_dict"], meta
 
 
 def load_encoder(path: Union[str, Path], device: Union[str, torch.device] = "cpu",
                  model: Union[nn.Module, str, None] = None, how: Optional[str] = None) -> Encoder:
-    """Rebuild the encoder an ``encoder.pt`` describes, in eval mode on ``device``.
+    """Rebuild the encoder an ``encoder.pt`` (or ``encoder.safetensors``) describes, in eval mode on ``device``.
 
     A file never decides which code runs: from the spec the file records, only the built-in families
     (``torchvision/``, ``timm/``, ``byol_wrap/``) are rebuilt, nothing downloaded. For any other network
@@ -265,7 +302,8 @@ def load_encoder(path: Union[str, Path], device: Union[str, torch.device] = "cpu
     image_size = meta.get("image_size")
     side = image_size if isinstance(image_size, int) else (image_size[0] if image_size else None)
     try:
-        net = rebuild_recorded(meta.get("model_spec"), f"encoder {path}", side, model, how)
+        net = rebuild_recorded(meta.get("model_spec"), f"encoder {path}", side, model, how,
+                               channels=int(meta.get("channels") or 3))
     except UntrustedSpecError:
         raise
     except (ImportError, ValueError, TypeError, FileNotFoundError, AttributeError) as error:
@@ -325,6 +363,7 @@ def embed_images(
         >>> embed_images("run/encoder.pt", "photos/", "embeddings.npz")  # doctest: +SKIP
     """
     from .data import default_load_size, eval_images, make_loader, open_images
+    from .data.channels import meta_pixel_format
 
     out_file = Path(out_file)
     suffix = out_file.suffix.lower()
@@ -335,7 +374,8 @@ def embed_images(
     encoder = load_encoder(encoder_path, device, model=model, how=how)
     image_size = encoder.meta["image_size"]
     size = image_size if isinstance(image_size, int) else tuple(image_size)
-    dataset = open_images(data, default_load_size(size), strict=strict)
+    fmt = meta_pixel_format(encoder.meta)
+    dataset = open_images(data, default_load_size(size), strict=strict, fmt=fmt)
     loader = make_loader(dataset, min(batch_size, len(dataset)), workers=workers, drop_last=False,  # type: ignore[arg-type]
                          shuffle=False, strict=strict, pin_memory=torch.device(device).type == "cuda",
                          continuous=False)

@@ -54,7 +54,9 @@ def export_run(run_dir: Union[str, os.PathLike], out: Optional[Union[str, os.Pat
         if not meta.get("model_spec") and model is None:
             raise RunError(f"{path} is a run of a model given in Python ({state['arguments'].get('model')}); "
                            f"{how}, or export it with byol_wrap.job.encoder.export_encoder(net, path, ...)")
-        net = rebuild_recorded(meta.get("model_spec"), f"the checkpoint {path}", meta.get("image_size"), model, how)
+        channels = int((meta.get("extra") or {}).get("channels") or 3)
+        net = rebuild_recorded(meta.get("model_spec"), f"the checkpoint {path}", meta.get("image_size"), model, how,
+                               channels=channels)
         prefix = "net."
         weights = {key[len(prefix):]: value for key, value in state["learner"].items() if key.startswith(prefix)}
         try:

@@ -38,6 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from .input_channels import adapt_state_dict, rebuild_first_conv
 from .io import load_torch_file
 
 Spec = Union[str, nn.Module]
@@ -49,11 +50,11 @@ __all__ = ["small_cnn", "build_model", "default_hidden_layer", "load_weights", "
            "SPEC_FORMS"]
 
 
-def small_cnn(width: int = 16) -> nn.Sequential:
+def small_cnn(width: int = 16, in_channels: int = 3) -> nn.Sequential:
     """Four conv-BN-ReLU blocks (3x3, the first with stride 1, the others stride 2), global
     average pool and flatten: a ``8 * width``-d representation (``hidden_layer=-1``).
 
-    Channels ``[3, w, 2w, 4w, 8w]``; convolutions have no bias (BatchNorm follows).
+    Channels ``[in_channels, w, 2w, 4w, 8w]``; convolutions have no bias (BatchNorm follows).
 
     Example:
         >>> small_cnn(8)(torch.rand(2, 3, 32, 32)).shape
@@ -62,7 +63,7 @@ def small_cnn(width: int = 16) -> nn.Sequential:
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise ValueError(f"small_cnn width must be a positive int, got {width!r}")
     layers: List[nn.Module] = []
-    channels = [3, width, 2 * width, 4 * width, 8 * width]
+    channels = [in_channels, width, 2 * width, 4 * width, 8 * width]
     for i, (cin, cout) in enumerate(zip(channels, channels[1:])):
         layers += [nn.Conv2d(cin, cout, 3, stride=1 if i == 0 else 2, padding=1, bias=False),
                    nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
@@ -96,14 +97,15 @@ def _build_torchvision(name: str, image_size: Optional[int]) -> nn.Module:
     return net
 
 
-def _build_timm(name: str, image_size: Optional[int]) -> nn.Module:
+def _build_timm(name: str, image_size: Optional[int], channels: int = 3) -> nn.Module:
     timm = _import_timm()
     if not timm.is_model(name):
         raise _unknown("timm", name, timm.list_models(), "timm/")
-    headless: nn.Module = timm.create_model(name, pretrained=False, num_classes=0)
+    headless: nn.Module = timm.create_model(name, pretrained=False, num_classes=0, in_chans=channels)
     if image_size is not None and "img_size" in inspect.signature(type(headless).__init__).parameters:
         # a model with a fixed input size (ViT-like: position embeddings): build it for the views' size
-        sized: nn.Module = timm.create_model(name, pretrained=False, num_classes=0, img_size=int(image_size))
+        sized: nn.Module = timm.create_model(name, pretrained=False, num_classes=0, img_size=int(image_size),
+                                             in_chans=channels)
         return sized
     return headless
 
@@ -142,22 +144,27 @@ def _import_callable(spec: str) -> Any:
     return obj
 
 
-def _build(spec: str, image_size: Optional[int]) -> nn.Module:
+def _build(spec: str, image_size: Optional[int], channels: int = 3, notes: Optional[List[str]] = None) -> nn.Module:
     family, slash, name = spec.partition("/")
     if slash and ":" not in spec:
         if family == "torchvision":
-            return _build_torchvision(name, image_size)
+            net = _build_torchvision(name, image_size)
+            if channels != 3:
+                line = rebuild_first_conv(net, channels)
+                if notes is not None:
+                    notes.append(f"model: {line}")
+            return net
         if family == "timm":
-            return _build_timm(name, image_size)
+            return _build_timm(name, image_size, channels)
         if family == "byol_wrap":
             base, _, width = name.partition(":")
             if base != "small_cnn":
                 raise _unknown("byol_wrap", base, ["small_cnn"], "byol_wrap/")
-            return small_cnn(int(width)) if width else small_cnn()
+            return small_cnn(int(width), channels) if width else small_cnn(in_channels=channels)
     if family == "byol_wrap" and ":" in name:  # byol_wrap/small_cnn:32
         base, _, width = name.partition(":")
         if base == "small_cnn" and width.isdigit():
-            return small_cnn(int(width))
+            return small_cnn(int(width), channels)
     if ":" in spec:
         constructor = _import_callable(spec)
         try:
@@ -179,7 +186,8 @@ def _build(spec: str, image_size: Optional[int]) -> nn.Module:
     raise ValueError(f"unknown model spec {spec!r}{hint}; use one of: {'; '.join(SPEC_FORMS)}")
 
 
-def build_model(spec: Spec, weights: Union[str, Path, None] = None, image_size: Optional[int] = None) -> nn.Module:
+def build_model(spec: Spec, weights: Union[str, Path, None] = None, image_size: Optional[int] = None,
+                channels: int = 3, notes: Optional[List[str]] = None) -> nn.Module:
     """Build the backbone a spec names (random initialisation, nothing downloaded).
 
     Args:
@@ -189,6 +197,11 @@ def build_model(spec: Spec, weights: Union[str, Path, None] = None, image_size: 
             ``weights_only=True``; see :func:`load_weights`.
         image_size: the training image side; passed to ViTs (torchvision ``image_size``,
             timm ``img_size``), which are built for one size. Other nets ignore it.
+        channels: input channels: ``torchvision/`` networks get their first convolution
+            rebuilt for them (:func:`~byol_wrap.job.input_channels.rebuild_first_conv`), ``timm/``
+            ones ``in_chans``, ``small_cnn`` its ``in_channels``; your own module is built as it is
+            (the learner's probe then checks that it takes them). RGB ``weights`` are adapted to them.
+        notes: a list that gets one line for each such change (for the run's log).
 
     Raises:
         ValueError: an unknown spec or model name (with close names), weights that do not fit.
@@ -201,11 +214,11 @@ def build_model(spec: Spec, weights: Union[str, Path, None] = None, image_size: 
     if isinstance(spec, nn.Module):
         net = spec
     elif isinstance(spec, str):
-        net = _build(spec.strip(), image_size)
+        net = _build(spec.strip(), image_size, channels, notes)
     else:
         raise TypeError(f"model must be a spec string or a torch.nn.Module, got {type(spec).__name__}")
     if weights is not None:
-        load_weights(net, weights)
+        load_weights(net, weights, notes)
     return net
 
 
@@ -289,12 +302,15 @@ def _list(keys: Sequence[str], limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def load_weights(net: nn.Module, path: Union[str, Path]) -> None:
+def load_weights(net: nn.Module, path: Union[str, Path], notes: Optional[List[str]] = None) -> None:
     """Load a local state_dict into ``net`` (``weights_only=True``; never downloads).
 
     A timm net built without classifier ignores the file's classifier weights (``fc.*``,
-    ``head.*``); a ``module.`` prefix (a DDP checkpoint) is removed. Any other difference
-    raises a ValueError listing the missing, unexpected and wrongly shaped keys.
+    ``head.*``); a ``module.`` prefix (a DDP checkpoint) is removed. An RGB first-convolution
+    kernel is adapted to a net of other input channels as timm does
+    (:func:`~byol_wrap.job.input_channels.adapt_rgb_kernel`; a line goes to ``notes``); a kernel
+    of any other input count is refused. Any other difference raises a ValueError listing the
+    missing, unexpected and wrongly shaped keys.
 
     Example:
         >>> import tempfile
@@ -305,6 +321,9 @@ def load_weights(net: nn.Module, path: Union[str, Path]) -> None:
     path = Path(path)
     state = _extract_state_dict(load_torch_file(path, "weights", hint="give a file saved with "
                                                 "torch.save(net.state_dict(), path)"), path)
+    state, note = adapt_state_dict(state, net, f"weights {path}")
+    if note is not None and notes is not None:
+        notes.append(note)
     load_state_dict_checked(net, state, f"weights {path}", ignore_prefixes=_classifier_prefixes(net))
 
 

@@ -18,7 +18,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -208,32 +208,82 @@ def plot_training(log: MetricsLog, path: os.PathLike, threshold: float = COLLAPS
     return Path(path)
 
 
+def display_images(rows: Sequence[Tensor], stretch: bool) -> Tuple[List[Tensor], str]:
+    """Float ``(N, C, H, W)`` rows as displayable ``(N, H, W, 3)`` in [0, 1], and a caption.
+
+    C = 1 is shown grey, C = 3 as colour, any other count as its first three channels (two for C = 2,
+    blue left black) in false colour, said in the caption. With ``stretch`` each channel is mapped
+    from its 0.5 and 99.5 percentiles over the first row (the images) to [0, 1], the same for every
+    row, so 12-bit data in 16-bit files or float bands show their contrast; otherwise values in
+    [0, 1] are shown as they are.
+
+    Example:
+        >>> shown, caption = display_images([torch.rand(2, 4, 8, 8)], stretch=True)
+        >>> tuple(shown[0].shape), caption.split(";")[0]
+        ((2, 8, 8, 3), 'channels 1-3 of 4 as red, green, blue (false colour)')
+    """
+    channels = int(rows[0].shape[1])
+    if channels == 1:
+        caption = "1 channel, shown grey"
+    elif channels == 3:
+        caption = "3 channels, shown as colour (R, G, B)"
+    elif channels == 2:
+        caption = "channels 1-2 of 2 as red, green (false colour)"
+    else:
+        caption = f"channels 1-3 of {channels} as red, green, blue (false colour)"
+    shown_channels = 1 if channels == 1 else min(3, channels)
+    lo = torch.zeros(1, shown_channels, 1, 1)
+    hi = torch.ones(1, shown_channels, 1, 1)
+    if stretch:
+        first = rows[0][:, :shown_channels].detach().float().cpu().transpose(0, 1).reshape(shown_channels, -1)
+        lo = torch.quantile(first, 0.005, dim=1).view(1, -1, 1, 1)
+        hi = torch.quantile(first, 0.995, dim=1).view(1, -1, 1, 1)
+        hi = torch.where(hi > lo, hi, lo + 1)
+        caption += "; each channel stretched from its 0.5 to 99.5 percentile of the images shown"
+    shown = []
+    for row in rows:
+        x = ((row[:, :shown_channels].detach().float().cpu() - lo) / (hi - lo)).clamp(0, 1)
+        if shown_channels == 1:
+            x = x.expand(-1, 3, -1, -1)
+        elif shown_channels == 2:
+            x = torch.cat([x, torch.zeros_like(x[:, :1])], dim=1)
+        shown.append(x.permute(0, 2, 3, 1))
+    return shown, caption
+
+
 def plot_augmentations(images: Tensor, view1: Tensor, view2: Tensor, path: os.PathLike,
-                       normalize: Optional[Sequence[Sequence[float]]] = None) -> Path:
+                       normalize: Optional[Sequence[Sequence[float]]] = None, stretch: bool = False) -> Path:
     """``plots/augmentations.png``: a row each of the images, their T views and their T' views.
 
     ``images`` may be uint8 or float in [0, 1]; ``normalize=(mean, std)`` undoes a
-    normalisation that ended the views, so they show as images.
+    normalisation that ended the views, so they show as images. Images of 1 channel are shown
+    grey, of 3 in colour, of other counts as their first three channels in false colour, said in
+    the figure (:func:`display_images`); ``stretch`` maps each channel's range in the images
+    shown to the display's (for 16-bit, float and multi-band data).
     """
-    def displayable(x: Tensor) -> Tensor:
+    def as_float(x: Tensor) -> Tensor:
         x = x.detach().float().cpu()
-        if x.max() > 1.5:
+        if images.dtype == torch.uint8 or (not stretch and x.numel() and x.max() > 1.5):
             x = x / 255
         return x
 
-    rows = [displayable(images), displayable(view1), displayable(view2)]
+    rows = [as_float(images), view1.detach().float().cpu(), view2.detach().float().cpu()]
     if normalize is not None:
         mean = torch.tensor(normalize[0]).view(1, -1, 1, 1)
         std = torch.tensor(normalize[1]).view(1, -1, 1, 1)
         rows[1:] = [row * std + mean for row in rows[1:]]
+    shown, caption = display_images(rows, stretch)
     count = images.shape[0]
-    figure = _figure(1.6 * count, 5.0)
+    multi = images.shape[1] != 3 or stretch
+    figure = _figure(1.6 * count, 5.4 if multi else 5.0)
     axes = figure.subplots(3, count, squeeze=False)
-    figure.subplots_adjust(left=0.06, right=0.99, bottom=0.01, top=0.99, wspace=0.05, hspace=0.05)
-    for r, (row, label) in enumerate(zip(rows, ("image", "view T", "view T'"))):
+    figure.subplots_adjust(left=0.06, right=0.99, bottom=0.01, top=0.93 if multi else 0.99, wspace=0.05, hspace=0.05)
+    if multi:
+        figure.suptitle(caption, fontsize=9)
+    for r, (row, label) in enumerate(zip(shown, ("image", "view T", "view T'"))):
         for c in range(count):
             axis = axes[r][c]
-            axis.imshow(row[c].clamp(0, 1).permute(1, 2, 0).numpy())
+            axis.imshow(row[c].numpy())
             axis.set_xticks([])
             axis.set_yticks([])
             if c == 0:

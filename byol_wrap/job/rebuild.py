@@ -61,8 +61,8 @@ class UntrustedSpecError(ValueError):
 
 
 def rebuild_recorded(spec: Any, source: str, image_size: Optional[int] = None,
-                     model: Union[nn.Module, str, None] = None, how: str = "pass model=<a new instance of it>"
-                     ) -> nn.Module:
+                     model: Union[nn.Module, str, None] = None, how: str = "pass model=<a new instance of it>",
+                     channels: int = 3) -> nn.Module:
     """The network a file's recorded ``spec`` names, or the caller's own ``model``.
 
     Args:
@@ -73,6 +73,7 @@ def rebuild_recorded(spec: Any, source: str, image_size: Optional[int] = None,
             (the caller built it). A string: the caller's own spec, built as given (it may run code: the
             caller named it).
         how: what the caller can do instead, for the message (``"--model SPEC"`` on the command line).
+        channels: the input channels the run recorded (a C-channel model is rebuilt for them).
 
     Raises:
         UntrustedSpecError: ``model`` is ``None`` and ``spec`` is not built-in (nothing was imported).
@@ -92,7 +93,7 @@ def rebuild_recorded(spec: Any, source: str, image_size: Optional[int] = None,
     if isinstance(model, nn.Module):
         return model
     if isinstance(model, str):
-        return build_model(model, image_size=image_size)
+        return build_model(model, image_size=image_size, channels=channels)
     if model is not None:
         raise TypeError(f"model must be an nn.Module, a spec string or None, got {type(model).__name__}")
     if not spec:
@@ -102,4 +103,4 @@ def rebuild_recorded(spec: Any, source: str, image_size: Optional[int] = None,
             f"{source} records the model spec {shown_spec(spec)}, which is not one of the built-in families "
             f"(torchvision/<name>, timm/<name>, byol_wrap/small_cnn): a file never decides which code runs, so "
             f"nothing was imported. If you wrote that network and trust its code, {how}")
-    return build_model(spec.strip(), image_size=image_size)
+    return build_model(spec.strip(), image_size=image_size, channels=channels)

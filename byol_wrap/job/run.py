@@ -35,7 +35,9 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from .data import channels as channels_module
 from .data.cache import CachedImages, attach_run_cache
+from .data.channels import to_device_float
 from .fingerprint import fingerprint_data
 from .monitor import (
     COLLAPSE_THRESHOLD,
@@ -46,6 +48,7 @@ from .monitor import (
     format_duration,
     progress_bar,
 )
+from .neighbours import neighbours_png
 from .recipe import (
     ADAM_LR,
     DEFAULT_EPOCHS,
@@ -81,6 +84,7 @@ class Run:
 
     def __init__(self, world: World, data: Any, out: Path, model: Any, options: Dict[str, Any]) -> None:
         self.world, self.out, self.options = world, out, options
+        self.notes: List[str] = []  # lines about the data and model, said when the run starts
         self.verbose = world.main
         self.device = world.device
         self._check_options()
@@ -133,7 +137,9 @@ class Run:
             self.image_size = positive_int("image_size", image_size)
         if self.is_digits:
             self.image_size = self.image_size if image_size is not None else 32
-            return data_module.digits_dataset(self.image_size, strict)  # also when a folder named "digits" is here
+            digits = data_module.digits_dataset(self.image_size, strict)  # also when a folder named "digits" is here
+            self.pixel_format, _ = channels_module.dataset_format(digits, self.options["channels"])
+            return digits
         is_file_data = isinstance(data, (str, os.PathLike)) and not str(data).lower().endswith(".npz")
         if image_size is None and is_file_data:
             small = isinstance(model, str) and model.strip().startswith("byol_wrap/")
@@ -144,6 +150,8 @@ class Run:
         self.skips.add(getattr(dataset, "scan_skipped", []))  # folders not readable, links not followed
         if image_size is None and not is_file_data:
             self.image_size = min(cast(Any, dataset).load_size)
+        self.pixel_format, line = channels_module.dataset_format(dataset, self.options["channels"])
+        self.notes.append(line)
         return dataset
 
     def _size_run(self, size: int) -> None:
@@ -183,7 +191,8 @@ class Run:
 
     def _build_net(self, model: Any) -> None:
         self.model_spec = model if isinstance(model, str) else None
-        self.net = models_module.build_model(model, self.options["weights"], self.image_size)
+        self.net = models_module.build_model(model, self.options["weights"], self.image_size,
+                                             channels=self.pixel_format.channels, notes=self.notes)
         self.hidden_layer = self.options["hidden_layer"]
         if self.hidden_layer is None:
             self.hidden_layer = models_module.default_hidden_layer(model, self.net)
@@ -200,8 +209,12 @@ class Run:
         if self.is_digits:
             kwargs.update(augment_fn=digits_augmentation(self.image_size),
                           normalize=(tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)))
+        elif channels_module.uses_data_statistics(self.pixel_format):
+            kwargs["normalize"] = self._statistics()
+        channels = self.pixel_format.channels
         try:
             return BYOL(self.net, image_size=self.image_size, hidden_layer=self.hidden_layer,
+                        input_shape=(channels, self.image_size, self.image_size),
                         total_steps=self.total_steps, moving_average_decay=self.options["moving_average_decay"],
                         projection_size=positive_int("projection_size", self.options["projection_size"]),
                         projection_hidden_size=positive_int("projection_hidden_size",
@@ -213,6 +226,18 @@ class Run:
             # the library's message names the Python call; the command's users want the command
             raise ValueError(f"{error} On the command line: byol-wrap layers {self.model_spec} "
                              f"--image-size {self.image_size}") from error
+        except ValueError as error:
+            if channels == 3:
+                raise
+            raise ValueError(f"{error} This run's images have {channels} channel(s) (--channels): the model must "
+                             f"take {channels}-channel input, or pass --channels to match it.") from error
+
+    def _statistics(self) -> Tuple[List[float], List[float]]:
+        """Per-channel mean and std of a sample of the training images (the learner's normalisation)."""
+        start = time.perf_counter()
+        statistics, line = channels_module.dataset_statistics(self.dataset, self.pixel_format, self.options["workers"])
+        self.notes.append(f"{line}, {time.perf_counter() - start:.1f} s")
+        return statistics
 
     def _build_optimizer(self) -> Tuple[torch.optim.Optimizer, Any, float]:
         from ..core.optim import byol_param_groups, lars_optimizer, scaled_lr, warmup_cosine_scheduler
@@ -255,7 +280,8 @@ class Run:
     def _knn_data(self) -> Optional[Tuple[Tensor, Tensor, Tensor, Tensor]]:
         knn_data = self.options["knn_data"]
         if knn_data is not None:
-            return data_module.load_labelled(knn_data, self.image_size)
+            fmt = None if self.pixel_format.is_photo else self.pixel_format
+            return data_module.load_labelled(knn_data, self.image_size, fmt=fmt)
         return data_module.load_digits(self.image_size) if self.is_digits else None
 
     # ------------------------------------------------------------------ the loop
@@ -298,6 +324,7 @@ class Run:
             if self.world.main:
                 self.log.close()
         encoder = self._export()
+        neighbours_png(self, encoder)
         self._summary(start_step, time.perf_counter() - run_start, encoder, knn_before, knn_after)
         return encoder
 
@@ -321,6 +348,8 @@ class Run:
                   f"{f' x {self.world.size} processes' if self.world.distributed else ''}, "
                   f"{self.total_steps} steps, {self.options['optimizer']} lr {self.lr:g}, precision {self.precision}, "
                   f"{self.device}, {torch.get_num_threads()} CPU thread(s)")
+        for note in self.notes:
+            self._say(note)
         if resumed:
             self._say(f"resuming from step {self.step} ({checkpoint_path(self.out)})")
         elif self.world.main:
@@ -366,7 +395,7 @@ class Run:
             yield batch.images
 
     def _train_step(self, images: Tensor) -> Tensor:
-        images = images.to(self.device, non_blocking=True)
+        images = to_device_float(images.to(self.device, non_blocking=True), self.pixel_format)
         with autocast(self.precision, self.device):
             try:
                 loss = self.model(images)
@@ -497,8 +526,8 @@ class Run:
 
         def encode(x: Tensor) -> Tensor:
             with autocast(self.precision, self.device):
-                return cast(Tensor, self.learner(x.to(self.device), return_embedding=True,
-                                                 return_projection=False)).float()
+                return cast(Tensor, self.learner(to_device_float(x.to(self.device), self.pixel_format),
+                                                 return_embedding=True, return_projection=False)).float()
 
         with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
             accuracy = knn_eval(encode, *self.knn, module=self.learner, batch_size=256)
@@ -539,11 +568,13 @@ class Run:
         learner = self.learner
         with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []), \
                 torch.no_grad():
-            x = images.to(self.device)
+            x = to_device_float(images.to(self.device), self.pixel_format)
             x = x.float() / 255 if x.dtype == torch.uint8 else x
             view1, view2 = learner.augment1(x), learner.augment2(x)
         # the views are shown before the learner's normalisation, as the net's input minus that last step
-        plot_augmentations(images, view1, view2, self.out / "plots" / "augmentations.png")
+        photo = self.pixel_format.is_photo
+        plot_augmentations(images if photo else x.cpu(), view1, view2, self.out / "plots" / "augmentations.png",
+                           stretch=not photo)
 
     def _say(self, message: str) -> None:
         if self.verbose and message:
@@ -586,7 +617,8 @@ class Run:
         normalizer = self.learner.normalizer
         normalize = None if normalizer is None else [normalizer.mean.tolist(), normalizer.std.tolist()]
         return {"model_spec": self.model_spec, "hidden_layer": self.hidden_layer, "image_size": self.image_size,
-                "normalize": normalize, "representation_size": int(self.learner.representation_size)}
+                "normalize": normalize, "representation_size": int(self.learner.representation_size),
+                "extra": {"channels": self.pixel_format.channels, "pixel_format": self.pixel_format.as_dict()}}
 
     def _export(self) -> Path:
         path = self.out / "encoder.pt"

@@ -43,6 +43,7 @@ def pretrain(
     hidden_layer: Optional[Union[str, int]] = None,
     weights: Optional[Union[str, os.PathLike]] = None,
     image_size: Optional[int] = None,
+    channels: Union[str, int] = "auto",
     batch_size: Optional[int] = None,
     steps: Optional[int] = None,
     epochs: Optional[int] = None,
@@ -81,6 +82,10 @@ def pretrain(
         weights: a local ``state_dict`` file to start from.
         image_size: side of the views (default: 32 for digits, the arrays' side for ``.npz``,
             96 for small_cnn and 224 for other models on folders).
+        channels: ``"auto"`` (the channel count of the image files, from their headers: a grey folder
+            is a 1-channel run, 4-band TIFFs a 4-channel one, colour photos with some grey files RGB)
+            or a count; files that do not fit are converted where nothing is lost (grey into RGB) or
+            skipped with the reason in ``skipped.txt``. Bit depth is kept (docs/domain-imagery-command.md).
         batch_size: per process (default 128 on CPU, 256 on GPU).
         steps, epochs: run length, one of them (default: 300 steps on digits, 100 epochs else).
         lr: peak learning rate (default: Adam 3e-4, 2e-3 on digits; LARS: 0.2 x global batch / 256).
@@ -140,7 +145,8 @@ def pretrain(
         from .run import Run
 
         run = Run(world, data, Path(out), model, dict(
-            hidden_layer=hidden_layer, weights=weights, image_size=image_size, batch_size=batch_size, steps=steps,
+            hidden_layer=hidden_layer, weights=weights, image_size=image_size, channels=channels,
+            batch_size=batch_size, steps=steps,
             epochs=epochs, lr=lr, optimizer=optimizer, predictor_lr_scale=predictor_lr_scale,
             weight_decay=weight_decay, moving_average_decay=moving_average_decay, projection_size=projection_size,
             projection_hidden_size=projection_hidden_size, workers=workers, cache=cache,

@@ -3,11 +3,13 @@
 One concept a module, in the order data flows: ``discovery`` (finding files) -> ``decode`` (one file to a
 tensor) -> ``datasets`` (files, tensors, a user's Dataset) and ``arrays`` (``.npz``, digits) -> ``sources``
 (what ``DATA`` names) -> ``loader`` (seeded, sharded, resumable batches); ``geometry`` holds sizes and crops,
-``labelled`` the labelled sets for evaluation.
+``labelled`` the labelled sets for evaluation; ``formats`` reads each file type with every band and bit,
+``channels`` chooses the run's channel count and sample type and converts files to it.
 
-Memory holds the file list, not the images: a folder streams from disk, decoded by Pillow in
-DataLoader workers to uint8 ``(3, S, S)`` at a fixed load size (default: the view size x 8/7,
-resized on the short side and centre-cropped, so batches collate). The random crops and
+Memory holds the file list, not the images: a folder streams from disk, decoded in DataLoader
+workers (``formats``: Pillow, tifffile, numpy, pydicom) to the run's pixel format (``channels``:
+``(C, S, S)`` uint8, uint16 or float32, chosen from the files' headers) at a fixed load size
+(default: the view size x 8/7, resized on the short side and centre-cropped, so batches collate). The random crops and
 colour augmentations run later, on the device, in the learner.
 
 A file that cannot be decoded (truncated, not an image, empty, a decompression bomb over

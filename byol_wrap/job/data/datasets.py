@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .channels import PixelFormat
 from .decode import UnreadableImageError, _import_pil, _pil_to_tensor, error_reason, read_image
 from .geometry import Size, resize_center_crop, size_pair
 
@@ -26,10 +27,11 @@ FIRST_ITEMS = 64  # a user's Dataset: items tried for the first readable one (it
 
 
 class ImageFiles(Dataset):
-    """Image files decoded on access (in DataLoader workers) to uint8 ``(3, *load_size)``.
+    """Image files decoded on access (in DataLoader workers) to ``(C, *load_size)`` in the pixel
+    format ``fmt`` (:class:`~byol_wrap.job.data.channels.PixelFormat`; without one: uint8 RGB).
 
     ``dataset[i]`` is ``(image, i, None)``, or ``(None, i, reason)`` for a file that cannot
-    be decoded. ``describe(i)`` is the file's path.
+    be decoded or does not fit ``fmt``. ``describe(i)`` is the file's path.
 
     Example:
         >>> ImageFiles([], 32).load_size
@@ -37,19 +39,30 @@ class ImageFiles(Dataset):
     """
 
     def __init__(self, paths: Sequence[Union[str, Path]], load_size: Size, strict: bool = False,
-                 root: Optional[Path] = None) -> None:
+                 root: Optional[Path] = None, fmt: Optional[PixelFormat] = None) -> None:
         self.paths = [os.fspath(p) for p in paths]
         self.load_size = size_pair(load_size)
         self.strict = strict
         self.root = root
+        self.pixel_format = fmt
         self.scan_skipped: List[Tuple[str, str]] = []  # folders not read, links not followed: (path, reason)
+
+    @property
+    def channels(self) -> Optional[int]:
+        """The channel count of the decoded images (None without a pixel format: RGB)."""
+        return None if self.pixel_format is None else self.pixel_format.channels
+
+    @property
+    def dtype(self) -> Optional[torch.dtype]:
+        """The sample type of the decoded images (None without a pixel format: uint8)."""
+        return None if self.pixel_format is None else self.pixel_format.torch_dtype
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Item:
         try:
-            return read_image(self.paths[index], self.load_size), index, None
+            return read_image(self.paths[index], self.load_size, self.pixel_format), index, None
         except UnreadableImageError as error:
             return None, index, error.reason
 

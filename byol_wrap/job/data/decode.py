@@ -1,4 +1,9 @@
-"""Decoding one image file to a uint8 tensor at the load size (Pillow in DataLoader workers).
+"""Decoding one image file to a tensor at the load size (in DataLoader workers).
+
+With the run's :class:`~byol_wrap.job.data.channels.PixelFormat` (``fmt``), a file becomes
+``(fmt.channels, H, W)`` of ``fmt.dtype`` with every band and bit kept (:mod:`.formats` reads it,
+:func:`.channels.conform` converts it without loss or gives the reason it does not fit). Without
+``fmt`` (the 0.2 behaviour, kept for callers that pass none) every file becomes uint8 RGB.
 
 A file that cannot be decoded raises :class:`UnreadableImageError` with a ``reason``; the datasets turn it
 into a skipped item.
@@ -19,7 +24,9 @@ from typing import Any, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .geometry import Size, size_pair
+from .channels import PixelFormat, conform
+from .formats import ImageFormatError, decode_image
+from .geometry import Size, resize_center_crop, size_pair
 from .jpeg import decode_jpeg_whole, jpeg_decoder_version
 
 DECODER_VERSION = 1  # of read_image's output (the image cache's records are keyed by it)
@@ -99,9 +106,11 @@ def error_reason(error: BaseException) -> str:
     return f"{name}: {text[0]}" if text else name
 
 
-def read_image(path: Union[str, os.PathLike[str]], load_size: Optional[Size]) -> Tensor:
-    """Decode one image file to uint8 ``(3, H, W)``: RGB, EXIF orientation applied, resized on
-    the short side and centre-cropped to ``load_size`` (``None``: the file's own size).
+def read_image(path: Union[str, os.PathLike[str]], load_size: Optional[Size],
+               fmt: Optional[PixelFormat] = None) -> Tensor:
+    """Decode one image file to ``(C, H, W)`` in the run's pixel format ``fmt`` (see
+    :func:`read_pixels`), or, without ``fmt``, to uint8 ``(3, H, W)``: RGB, EXIF orientation applied,
+    resized on the short side and centre-cropped to ``load_size`` (``None``: the file's own size).
 
     Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) is kept.
 
@@ -117,6 +126,8 @@ def read_image(path: Union[str, os.PathLike[str]], load_size: Optional[Size]) ->
         >>> read_image(p, 16).shape
         torch.Size([3, 16, 16])
     """
+    if fmt is not None:
+        return read_pixels(path, load_size, fmt)
     Image = _import_pil()
     from PIL import ImageOps
 
@@ -145,6 +156,45 @@ def read_image(path: Union[str, os.PathLike[str]], load_size: Optional[Size]) ->
         raise UnreadableImageError(path_str, error_reason(error)) from error
 
 
+def read_pixels(path: Union[str, os.PathLike[str]], load_size: Optional[Size], fmt: PixelFormat) -> Tensor:
+    """Decode one image file to ``(fmt.channels, H, W)`` of ``fmt.dtype``, resized on the short side
+    and centre-cropped to ``load_size`` (``None``: its own size).
+
+    8-bit grey and colour photos are resized by Pillow (as before channels were detected); other
+    data by bilinear antialiased resampling in float32, rounded back to uint16 (floats stay float).
+
+    Raises:
+        UnreadableImageError: a damaged file, or one that does not fit ``fmt`` without loss
+            (``.reason`` says which and what to pass).
+
+    Example:
+        >>> import tempfile
+        >>> import numpy as np
+        >>> p = tempfile.mkdtemp() + "/a.npy"
+        >>> np.save(p, np.full((4, 10, 20), 60000, np.uint16))
+        >>> x = read_pixels(p, 8, PixelFormat(4, "uint16", 65535.0))
+        >>> x.shape, x.dtype, int(x.int().max())
+        (torch.Size([4, 8, 8]), torch.uint16, 60000)
+    """
+    size = None if load_size is None else size_pair(load_size)
+    path_str = os.fspath(path)
+    if fmt.is_photo and path_str.lower().endswith((".jpg", ".jpeg")):
+        return read_image(path_str, load_size)  # 8-bit RGB from a JPEG: the photo path (and its fast decoder)
+    try:
+        decoded = decode_image(path_str, draft_size=size)
+        if decoded.photo is not None and fmt.dtype == "uint8":
+            Image = _import_pil()
+            photo = decoded.photo if size is None else _resize_center_crop_pil(decoded.photo, size, Image)
+            import numpy as np
+
+            arr = np.array(photo, dtype=np.uint8)
+            decoded.pixels = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+            return torch.from_numpy(np.ascontiguousarray(conform(decoded, fmt)))
+        pixels = conform(decoded, fmt)
+        x = torch.from_numpy(pixels.copy() if not pixels.flags.writeable else pixels)
+        return resize_center_crop(x, size) if size is not None else x
+    except ImageFormatError as error:
+        raise UnreadableImageError(path_str, str(error)) from error
 def decoder_id() -> str:
     """The decoder the records come from: byol-wrap's ``read_image`` and the libraries under it.
 

@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
-IMAGE_EXTENSIONS: Tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS: Tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".npy", ".dcm",
+                                     ".dicom")
 
 
 def find_images(root: Union[str, os.PathLike[str]], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> List[Path]:

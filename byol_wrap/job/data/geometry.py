@@ -48,8 +48,9 @@ def size_pair(size: Size) -> Tuple[int, int]:
 
 
 def resize_center_crop(images: Tensor, size: Size) -> Tensor:
-    """uint8 ``(N, C, H, W)`` (or ``(C, H, W)``) resized on the short side to cover ``size``
+    """``(N, C, H, W)`` (or ``(C, H, W)``) images resized on the short side to cover ``size``
     (bilinear, antialiased) and centre-cropped; returned unchanged when already that size.
+    uint8 and uint16 results are rounded and clamped to their type's range, float ones are not.
 
     Example:
         >>> resize_center_crop(torch.zeros(2, 3, 10, 20, dtype=torch.uint8), 8).shape
@@ -63,11 +64,20 @@ def resize_center_crop(images: Tensor, size: Size) -> Tensor:
         scale = max(th / h, tw / w)
         nh, nw = max(th, int(math.ceil(h * scale - 1e-6))), max(tw, int(math.ceil(w * scale - 1e-6)))
         if (nh, nw) != (h, w):
-            x = F.interpolate(x.float(), size=(nh, nw), mode="bilinear", align_corners=False,
-                              antialias=True).round_().clamp_(0, 255).to(torch.uint8)
+            x = _resample(x, (nh, nw))
         top, left = (nh - th) // 2, (nw - tw) // 2
         x = x[..., top:top + th, left:left + tw].contiguous()
     return x[0] if single else x
+
+
+def _resample(x: Tensor, size: Tuple[int, int]) -> Tensor:
+    """Bilinear antialiased resampling of ``(N, C, H, W)`` in float32 (exact for 8- and 16-bit
+    samples), back to the input's sample type."""
+    y = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    if x.is_floating_point():
+        return y.to(x.dtype)
+    top = 255 if x.dtype == torch.uint8 else 65535
+    return y.round_().clamp_(0, top).to(x.dtype)
 
 
 def eval_images(images: Tensor, image_size: Size) -> Tensor:

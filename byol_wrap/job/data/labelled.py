@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .arrays import _images_from_array, _is_digits, _npz_array, _open_npz, _stratified_split, load_digits
+from .channels import PixelFormat
 from .datasets import ImageFiles
 from .discovery import find_image_paths
 from .geometry import Size, center_crop, default_load_size, eval_images, size_pair
@@ -33,20 +34,25 @@ def _decode_all(dataset: Dataset, workers: int, batch_size: int = 64) -> Tuple[T
         skipped += batch.skipped
     loader.close()
     size = size_pair(dataset.load_size)  # type: ignore[attr-defined]
-    x = torch.cat(images) if images else torch.empty((0, 3, *size), dtype=torch.uint8)
+    fmt = getattr(dataset, "pixel_format", None)
+    empty = (0, fmt.channels if fmt is not None else 3, *size)
+    x = torch.cat(images) if images else torch.empty(empty, dtype=fmt.torch_dtype if fmt is not None else torch.uint8)
     i = torch.cat(indices) if indices else torch.empty(0, dtype=torch.int64)
     return x, i, skipped
 
 
 def load_labelled(data: Union[str, os.PathLike[str]], image_size: Size, workers: Optional[int] = None,
-                  split_fraction: float = 0.2, seed: int = 0) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                  split_fraction: float = 0.2, seed: int = 0,
+                  fmt: Optional[PixelFormat] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Labelled images for kNN evaluation (``--knn-data``), as uint8 tensors at ``image_size``.
 
     ``data`` is a folder with one subfolder per class (sorted class names give labels 0..C-1),
     a ``.npz`` with ``x_train``/``y_train`` (and ``x_test``/``y_test`` when present), or
     ``"digits"``. Without a test split, a deterministic ``split_fraction`` of each class
     becomes the query set. Images are in their evaluation view (:func:`eval_images`);
-    undecodable files are left out with a warning.
+    undecodable files are left out with a warning. ``fmt``: the run's pixel format, so that the
+    kNN images are decoded as the training images are (files that do not fit it are left out);
+    in-memory sets (``.npz``, digits) are 8-bit RGB and need ``fmt`` None or 8-bit RGB.
 
     Returns:
         ``(bank_images, bank_labels, query_images, query_labels)``.
@@ -57,6 +63,9 @@ def load_labelled(data: Union[str, os.PathLike[str]], image_size: Size, workers:
         (torch.Size([3, 16, 16]), 1797)
     """
     size = size_pair(image_size)
+    if fmt is not None and not fmt.is_photo and (_is_digits(data) or Path(data).is_file()):
+        raise ValueError(f"kNN data {data} holds 8-bit RGB images but the run's images have {fmt.channels} "
+                         f"channel(s) of {fmt.dtype}; give a folder of such images, one subfolder per class")
     if _is_digits(data):
         return load_digits(size)
     path = Path(data)
@@ -88,7 +97,7 @@ def load_labelled(data: Union[str, os.PathLike[str]], image_size: Size, workers:
     if len(set(labels)) < 2:
         raise ValueError(f"kNN data {path} needs one subfolder of images per class (at least 2 classes), found "
                          f"{len(set(labels))} class folder(s) with images")
-    dataset = ImageFiles(files, default_load_size(size))
+    dataset = ImageFiles(files, default_load_size(size), fmt=fmt)
     x, kept, skipped = _decode_all(dataset, default_workers() if workers is None else workers)
     if skipped:
         warnings.warn(f"kNN data: {len(skipped)} unreadable file(s) left out, e.g. {skipped[0][0]}: "

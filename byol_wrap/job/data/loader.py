@@ -45,6 +45,9 @@ class SkipCollate:
     def __init__(self, dataset: Dataset) -> None:
         self.describe: Callable[[int], str] = getattr(dataset, "describe", lambda i: f"dataset[{i}]")
         self.size = size_pair(getattr(dataset, "load_size", (1, 1)))
+        fmt = getattr(dataset, "pixel_format", None)
+        self.empty_shape = (0, fmt.channels if fmt is not None else 3, *self.size)
+        self.empty_dtype = fmt.torch_dtype if fmt is not None else torch.uint8
 
     def __call__(self, items: Sequence[Item]) -> Batch:
         if isinstance(items, Batch):  # a dataset that fetches whole batches (``__getitems__``, the image cache)
@@ -54,7 +57,7 @@ class SkipCollate:
         if good:
             images = torch.stack([img for img, _ in good])
         else:
-            images = torch.empty((0, 3, *self.size), dtype=torch.uint8)
+            images = torch.empty(self.empty_shape, dtype=self.empty_dtype)
         return Batch(images, torch.tensor([idx for _, idx in good], dtype=torch.int64), skipped)
 
 

@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .arrays import _is_digits, digits_dataset, load_npz_images
+from .channels import PixelFormat
 from .datasets import ImageFiles, ImageTensors, UserImages, _tensor_batch_to_uint8
 from .discovery import IMAGE_EXTENSIONS, find_image_paths
 from .geometry import Size
@@ -22,7 +23,7 @@ DataArg = Union[str, "os.PathLike[str]", Dataset, Tensor]
 
 
 def open_images(data: DataArg, load_size: Optional[Size], strict: bool = False,
-                exclude: Sequence[Union[str, os.PathLike[str]]] = ()) -> Dataset:
+                exclude: Sequence[Union[str, os.PathLike[str]]] = (), fmt: Optional[PixelFormat] = None) -> Dataset:
     """The training images ``data`` names, as a Dataset of ``(image or None, index, reason)`` items.
 
     Args:
@@ -35,6 +36,8 @@ def open_images(data: DataArg, load_size: Optional[Size], strict: bool = False,
         strict: recorded on the dataset; loaders then raise at the first unreadable image.
         exclude: folders left out of a folder's scan (RUN_DIR inside the data folder). Folders that
             cannot be read and links not followed are in the dataset's ``scan_skipped``.
+        fmt: the pixel format image files are decoded to (see :mod:`.channels`; the job detects
+            it with :func:`~byol_wrap.job.data.channels.detect_format`); None: uint8 RGB.
 
     Raises:
         FileNotFoundError: a path that does not exist.
@@ -71,6 +74,6 @@ def open_images(data: DataArg, load_size: Optional[Size], strict: bool = False,
         raise ValueError(f"{path} {what} (searched recursively for {', '.join(IMAGE_EXTENSIONS)}, any case; "
                          f"hidden files and folders skipped); give a folder of images, a .npz with x_train "
                          f"or 'digits'")
-    dataset = ImageFiles(paths, load_size, strict=strict, root=path)
+    dataset = ImageFiles(paths, load_size, strict=strict, root=path, fmt=fmt)
     dataset.scan_skipped = problems
     return dataset
