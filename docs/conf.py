@@ -57,7 +57,8 @@ PENDING_PAGES = ("domain-imagery", "domain-imagery-command", "cache-and-loader",
                  "security-and-reliability", "threads-and-moving-average")
 
 autosummary_generate = True
-autodoc_default_options = {"members": True, "show-inheritance": True}
+# One home per object: a package documents what it defines, not what it re-exports from its modules.
+autodoc_default_options = {"members": True, "show-inheritance": True, "ignore-module-all": True}
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_typehints_description_target = "documented_params"
@@ -147,6 +148,12 @@ def _resolve_by_python_name(app, env, node, contnode):
             from sphinx.util.nodes import make_refnode
 
             return make_refnode(app.builder, node["refdoc"], entry.docname, entry.node_id, contnode, home)
+        # a name some module of the package defines without documenting it (an exception without a docstring)
+        import sys
+
+        if any(getattr(module, target, None) is not None for name, module in list(sys.modules.items())
+               if name.startswith("byol_wrap.") and module is not None and "." not in target):
+            return contnode
         return None
     home = _home(found)
     if home and home in objects:
@@ -168,26 +175,48 @@ def _listing_sections_as_code(app, what, name, obj, options, lines):
             lines.insert(i + 1, "")
 
 
-def _attribute_comments_stay_prose(app, what, name, obj, options, lines):
-    """A constant's ``#:`` comment is prose, not napoleon's ``type: description``; put napoleon's split back.
+def _looks_like_prose(text):
+    """``"The report (the JSON's content)"`` is prose; ``"Tuple[int, int] | None"`` is a type."""
+    import re
 
-    ("nnU-Net's gamma range (Isensee et al., 2021): half the draws..." would otherwise show the words before the
-    colon as a type. The types come from the annotations.)
+    previous = None
+    while previous != text:  # drop bracketed parts, innermost first
+        previous, text = text, re.sub(r"\[[^\[\]]*\]", "", text)
+    return bool(re.search(r"\s", text.replace(" | ", "|").strip()))
+
+
+def _prose_stays_prose(app, what, name, obj, options, lines):
+    """napoleon reads ``words: more words`` as ``type: description``; put its split back where the "type" is prose.
+
+    A constant's ``#:`` comment or a property's first line ("The channel count of the decoded images (None
+    without a pixel format: RGB)") and a Returns line ("The report (the JSON's content): ...") are prose; the
+    types come from the annotations.
     """
-    if what not in ("data", "attribute"):
-        return
     for i, line in enumerate(lines):
-        if line.startswith(":type: "):
-            head = line[len(":type: "):]
+        for field, target in ((":type: ", None), (":rtype: ", ":returns: ")):
+            if not line.startswith(field):
+                continue
+            head = line[len(field):]
+            if target is None and what not in ("data", "attribute", "property"):
+                continue
+            if target is not None and not _looks_like_prose(head):
+                continue
             del lines[i]
             while lines and not lines[-1].strip():
                 lines.pop()
-            first = next((k for k, text in enumerate(lines) if text.strip()), None)
-            if first is None:
-                lines.append(head)
+            if target is None:
+                first = next((k for k, text in enumerate(lines) if text.strip()), None)
+                if first is None:
+                    lines.append(head)
+                else:
+                    lines[first] = f"{head}: {lines[first].lstrip()}"
             else:
-                lines[first] = f"{head}: {lines[first].lstrip()}"
-            return
+                k = next((k for k, text in enumerate(lines) if text.startswith(target)), None)
+                if k is None:
+                    lines.append(f"{target}{head}")
+                else:
+                    lines[k] = f"{target}{head}: {lines[k][len(target):]}"
+            return _prose_stays_prose(app, what, name, obj, options, lines)
 
 
 def _cli_help_directive():
@@ -239,4 +268,4 @@ def setup(app):
     app.add_directive("cli-help", _cli_help_directive())
     app.connect("missing-reference", _resolve_by_python_name)
     app.connect("autodoc-process-docstring", _listing_sections_as_code, priority=400)  # before napoleon
-    app.connect("autodoc-process-docstring", _attribute_comments_stay_prose, priority=600)  # after napoleon
+    app.connect("autodoc-process-docstring", _prose_stays_prose, priority=600)  # after napoleon
