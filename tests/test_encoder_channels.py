@@ -14,7 +14,7 @@ from torch import nn
 Image = pytest.importorskip("PIL.Image")
 tifffile = pytest.importorskip("tifffile")
 
-from byol_wrap.job.data.channels import detect_format  # noqa: E402
+from byol_wrap.job.data.channels import detect_format, meta_pixel_format  # noqa: E402
 from byol_wrap.job.data.discovery import find_image_paths  # noqa: E402
 from byol_wrap.job.encoder import embed_images, export_encoder, load_encoder  # noqa: E402
 from byol_wrap.job.models import build_model, small_cnn  # noqa: E402
@@ -58,7 +58,8 @@ def _encoder(folder: Path, paths, spec: str = "small_cnn", seed: int = 0) -> Pat
     if spec == "small_cnn":
         net, model_spec, layer = small_cnn(4, channels), "byol_wrap/small_cnn:4", -1
     else:
-        net, model_spec, layer = build_model(spec, image_size=SIZE, channels=channels), spec, None
+        net, model_spec = build_model(spec, image_size=SIZE, channels=channels), spec
+        layer = "avgpool" if spec.startswith("torchvision/") else None
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -152,6 +153,16 @@ def test_eval_matches_a_hand_written_knn_on_embed_vectors(kind, tmp_path, capsys
         predicted = _knn_by_hand(bank, label, queries, k, len(classes))
         accuracy = float(np.mean([p == t for p, t in zip(predicted, truth)]))
         assert report["results"]["encoder"]["knn_top1"][str(k)] == pytest.approx(accuracy), k
+    # the linear probe: scikit-learn on embed's vectors, standardised by the training split, at the C eval chose
+    from sklearn.linear_model import LogisticRegression
+
+    x_train, x_test = bank.double().numpy(), queries.double().numpy()
+    mean, std = x_train.mean(axis=0), x_train.std(axis=0)
+    std[std == 0] = 1.0
+    probe = report["results"]["encoder"]["linear_probe"]
+    model = LogisticRegression(C=probe["C"], max_iter=1000, random_state=0).fit((x_train - mean) / std, label)
+    accuracy = float((model.predict((x_test - mean) / std) == np.array(truth)).mean())
+    assert probe["top1"] == pytest.approx(accuracy)
     # the untrained baseline was built for the same channel count
     assert report["results"]["untrained"]["feature_size"] == bank.shape[1]
 
@@ -163,17 +174,17 @@ def test_neighbours_show_grey_or_false_colour(kind, tmp_path, capsys):
     from byol_wrap.job.neighbours import display_neighbours
 
     make, channels = MAKERS[kind]
-    make(tmp_path / "a", np.random.default_rng(2))
-    make(tmp_path / "b", np.random.default_rng(3), 2000)
-    encoder_path = _encoder(tmp_path, find_image_paths(tmp_path))
+    make(tmp_path / "images" / "a", np.random.default_rng(2))
+    make(tmp_path / "images" / "b", np.random.default_rng(3), 2000)
+    encoder_path = _encoder(tmp_path, find_image_paths(tmp_path / "images"))
     out = tmp_path / "n" / "neighbours.png"
-    code = main(["neighbours", str(encoder_path), str(tmp_path), "--out", str(out), "--k", "3", "--workers", "0"])
+    code = main(["neighbours", str(encoder_path), str(tmp_path / "images"), "--out", str(out), "--k", "3",
+                 "--workers", "0"])
     assert code == 0, capsys.readouterr().err
     assert Image.open(out).size[0] > 100
     encoder = load_encoder(encoder_path)
-    images = encoder.preprocess(tmp_path)
-    shown, caption = display_neighbours(images, encoder.meta and __import__(
-        "byol_wrap.job.data.channels", fromlist=["x"]).meta_pixel_format(encoder.meta))
+    images = encoder.preprocess(tmp_path / "images")
+    shown, caption = display_neighbours(images, meta_pixel_format(encoder.meta))
     assert shown.shape == (len(images), SIZE, SIZE, 3)
     # by hand: x / scale, each shown channel stretched from its 0.5 to its 99.5 percentile over the images
     x = images.double() / encoder.meta["pixel_format"]["scale"]

@@ -230,9 +230,8 @@ class Encoder(nn.Module):
         Example:
             >>> vectors = encoder(encoder.preprocess(["a.jpg", "b.png"]))   # doctest: +SKIP
         """
-        from .preprocess import preprocess
-
         from .data.channels import meta_pixel_format
+        from .preprocess import preprocess
 
         statistics = self.meta.get("normalize") if normalize else None
         fmt = meta_pixel_format(self.meta)

@@ -314,7 +314,8 @@ def _bar(total: int, enabled: bool, desc: str) -> Any:
 @torch.inference_mode()
 def features(encoder: nn.Module, images: Tensor, batch_size: int = 256, device: Any = "cpu",
              bar: Any = None) -> Tensor:
-    """``encoder`` applied to ``images`` (in its pixel format: uint8, uint16 or float) in batches, float32 on the CPU."""
+    """``encoder`` applied to ``images`` (in its pixel format: uint8, uint16 or float) in batches, float32 on
+    the CPU."""
     chunks = []
     for start in range(0, images.shape[0], batch_size):
         x = images[start:start + batch_size].to(device, non_blocking=True)
@@ -529,7 +530,8 @@ def evaluate(
         "steps": trained.meta.get("steps"), "labelled": str(labelled), "test": None if test is None else str(test),
         "split": split, "classes": train.classes, "train_images": len(train), "test_images": len(test_set),
         "validation_fraction": val_fraction, "seed": seed, "ks": list(ks), "temperature": TEMPERATURE,
-        "c_grid": list(C_GRID), "pixel_format": None if fmt is None else fmt.as_dict(), "skipped": len(train.skipped) + len(test_set.skipped), "results": results,
+        "c_grid": list(C_GRID), "pixel_format": None if fmt is None else fmt.as_dict(),
+        "skipped": len(train.skipped) + len(test_set.skipped), "results": results,
         "seconds": seconds, "device": str(device), "byol_wrap_version": __version__,
     }
     if out is not None:

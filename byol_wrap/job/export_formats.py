@@ -230,8 +230,9 @@ def _with_metadata(data: bytes, encoder: Any) -> bytes:
 
     fmt = encoder.meta.get("pixel_format") or {"channels": 3, "dtype": "uint8", "scale": 255.0}
     proto = onnx.load_from_string(data)
-    props = {"byol_wrap.channels": str(_channels(encoder)), "byol_wrap.input_scale": json.dumps(float(fmt["scale"])),
-             "byol_wrap.pixel_format": json.dumps(fmt), "byol_wrap.image_size": json.dumps(encoder.meta.get("image_size")),
+    props = {"byol_wrap.channels": str(_channels(encoder)),
+             "byol_wrap.input_scale": json.dumps(float(fmt["scale"])), "byol_wrap.pixel_format": json.dumps(fmt),
+             "byol_wrap.image_size": json.dumps(encoder.meta.get("image_size")),
              "byol_wrap.input": "float32 (batch, C, H, W): the samples divided by input_scale"}
     for key, value in props.items():
         entry = proto.metadata_props.add()

@@ -35,8 +35,8 @@ RUN_IMAGES = 1000   # at the end of a run (two nets over 1000 images: ~40 s for 
 QUERIES = 6
 NEIGHBOURS = 6
 
-__all__ = ["nearest_neighbours", "plot_neighbours", "display_neighbours", "draw_neighbours", "sample_images", "plot_run_neighbours",
-           "neighbours_png", "MAX_IMAGES", "RUN_IMAGES"]
+__all__ = ["nearest_neighbours", "plot_neighbours", "display_neighbours", "draw_neighbours", "sample_images",
+           "plot_run_neighbours", "neighbours_png", "MAX_IMAGES", "RUN_IMAGES"]
 
 
 def nearest_neighbours(features: Tensor, queries: Tensor, k: int) -> Tensor:
