@@ -265,3 +265,21 @@ def test_timm_and_torchvision_load_the_c_channel_stem(tmp_path):
             net.eval()
         with torch.no_grad():
             assert_close_scaled(net(x), expected, rtol=1e-4, msg=spec)
+
+
+@pytest.mark.parametrize("kind", ["grey16", "tiff4"])
+def test_pretrain_draws_neighbours_of_c_channel_runs(kind, tmp_path):
+    pytest.importorskip("matplotlib")
+    import warnings
+
+    from byol_wrap.job.train import pretrain
+
+    make, _ = MAKERS[kind]
+    make(tmp_path / "images", np.random.default_rng(7))
+    make(tmp_path / "images" / "more", np.random.default_rng(8), 1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # "could not draw ... neighbours.png" would fail the test
+        pretrain(str(tmp_path / "images"), out=tmp_path / "run", model="byol_wrap/small_cnn:4", image_size=SIZE,
+                 batch_size=4, steps=1, projection_size=8, projection_hidden_size=16, workers=0, progress=False,
+                 device="cpu")
+    assert Image.open(tmp_path / "run" / "plots" / "neighbours.png").size[0] > 100
