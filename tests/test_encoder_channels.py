@@ -283,3 +283,17 @@ def test_pretrain_draws_neighbours_of_c_channel_runs(kind, tmp_path):
                  batch_size=4, steps=1, projection_size=8, projection_hidden_size=16, workers=0, progress=False,
                  device="cpu")
     assert Image.open(tmp_path / "run" / "plots" / "neighbours.png").size[0] > 100
+
+
+def test_rgb_arrays_for_a_c_channel_encoder_are_one_line_and_exit_2(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    from byol_wrap.job.cli import main
+
+    _grey16(tmp_path / "images", np.random.default_rng(9))
+    encoder_path = _encoder(tmp_path, find_image_paths(tmp_path / "images"))
+    for argv in (["eval", str(encoder_path), "digits"],
+                 ["neighbours", str(encoder_path), "digits", "--out", str(tmp_path / "n.png")]):
+        code = main(argv + ["--workers", "0"])
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert code == 2 and len(err) == 1 and "1 channel(s) of uint16" in err[0], err
