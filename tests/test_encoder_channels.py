@@ -283,6 +283,15 @@ def test_pretrain_draws_neighbours_of_c_channel_runs(kind, tmp_path):
                  batch_size=4, steps=1, projection_size=8, projection_hidden_size=16, workers=0, progress=False,
                  device="cpu")
     assert Image.open(tmp_path / "run" / "plots" / "neighbours.png").size[0] > 100
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from byol_wrap.job.export_formats import export
+
+    paths, expected = _embed(tmp_path / "run" / "encoder.pt", tmp_path / "images", tmp_path / "e.npz")
+    session = ort.InferenceSession(str(export(tmp_path / "run", "onnx")), providers=["CPUExecutionProvider"])
+    x = load_encoder(tmp_path / "run" / "encoder.pt").preprocess(paths).double() / 65535.0
+    got = torch.from_numpy(session.run(None, {"images": x.float().numpy()})[0])
+    assert_close_scaled(got, expected, rtol=0, scale_rtol=1e-4, msg="onnx of the run vs embed")
 
 
 def test_rgb_arrays_for_a_c_channel_encoder_are_one_line_and_exit_2(tmp_path, capsys):
