@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .data.channels import PixelFormat
+from .data.channels import PixelFormat, meta_pixel_format
 
 PathLike = Union[str, "os.PathLike[str]"]
 KS: Tuple[int, ...] = (20, 200)
@@ -162,8 +162,8 @@ def read_labelled(data: PathLike, image_size: Any, *, workers: Optional[int] = N
 
     Raises:
         FileNotFoundError: a missing path.
-        ValueError: fewer than two classes, no readable image, a ``.npz`` without labels, 8-bit RGB
-            arrays for an encoder of another pixel format.
+        ValueError: fewer than two classes, no readable image, a ``.npz`` without labels, 8-bit RGB arrays
+            (``.npz``, digits) for another ``fmt``.
     """
     from .data import load_digits
     from .data.arrays import _is_digits
@@ -314,8 +314,7 @@ def _bar(total: int, enabled: bool, desc: str) -> Any:
 @torch.inference_mode()
 def features(encoder: nn.Module, images: Tensor, batch_size: int = 256, device: Any = "cpu",
              bar: Any = None) -> Tensor:
-    """``encoder`` applied to ``images`` (in its pixel format: uint8, uint16 or float) in batches, float32 on
-    the CPU."""
+    """``encoder`` applied to ``images`` (its pixel format: uint8, uint16, float) in batches, float32 on the CPU."""
     chunks = []
     for start in range(0, images.shape[0], batch_size):
         x = images[start:start + batch_size].to(device, non_blocking=True)
@@ -477,8 +476,6 @@ def evaluate(
     image_size = trained.meta.get("image_size")
     if image_size is None:
         raise ValueError("the encoder records no image_size; export it again with byol-wrap export")
-    from .data.channels import meta_pixel_format
-
     fmt = meta_pixel_format(trained.meta)  # files decoded as embed decodes them for this encoder
     train, own_test = read_labelled(labelled, image_size, workers=workers, progress=progress, fmt=fmt)
     if test is not None:
