@@ -306,3 +306,25 @@ def test_rgb_arrays_for_a_c_channel_encoder_are_one_line_and_exit_2(tmp_path, ca
         code = main(argv + ["--workers", "0"])
         err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert code == 2 and len(err) == 1 and "1 channel(s) of uint16" in err[0], err
+
+
+def test_onnx_of_an_encoder_without_channel_metadata_takes_its_first_convs_channels(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from byol_wrap.job.export_formats import export
+
+    torch.manual_seed(0)
+    source = export_encoder(small_cnn(4, 2), tmp_path / "encoder.pt", model_spec="byol_wrap/small_cnn:4",
+                            hidden_layer=-1, image_size=SIZE, normalize=([0.2, 0.4], [0.5, 0.25]),
+                            representation_size=0, steps=0)  # written by hand: no channels, no pixel_format
+    net = small_cnn(4, 2)
+    net.load_state_dict(torch.load(source, weights_only=True)["state_dict"])
+    written = export(source, "onnx", model=small_cnn(4, 2))  # the file does not say 2 channels: model= does
+    session = ort.InferenceSession(str(written), providers=["CPUExecutionProvider"])
+    x = torch.rand(3, 2, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # by hand: normalise, the net, global average pooling of its last feature map
+        normalised = (x - torch.tensor([0.2, 0.4]).view(1, 2, 1, 1)) / torch.tensor([0.5, 0.25]).view(1, 2, 1, 1)
+        expected = net.eval()(normalised)
+        expected = expected.mean(dim=(2, 3)) if expected.ndim == 4 else expected.flatten(1)
+    got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    assert_close_scaled(got, expected, rtol=0, scale_rtol=1e-4, msg="2-channel onnx")

@@ -117,8 +117,10 @@ def _family(spec: Any) -> Tuple[str, str]:
 
 
 def _channels(encoder: Any) -> int:
-    """The encoder's input channels: as recorded (``meta["channels"]``), else 3."""
-    return int(encoder.meta.get("channels") or 3)
+    """The encoder's input channels: as recorded (``meta["channels"]``), else its first convolution's, else 3."""
+    from .input_channels import conv_channels
+
+    return int(encoder.meta.get("channels") or conv_channels(encoder.net) or 3)
 
 
 @torch.no_grad()
