@@ -46,7 +46,8 @@ def _fresh_net(encoder: Any, model: Union[nn.Module, str, None]) -> nn.Module:
     side = image_size if isinstance(image_size, int) else (image_size[0] if image_size else None)
     spec = encoder.meta.get("model_spec")
     if isinstance(model, str) or is_builtin_spec(spec):  # the caller's own spec, or a built-in family's
-        built: nn.Module = build_model(model if isinstance(model, str) else spec, image_size=side)
+        built: nn.Module = build_model(model if isinstance(model, str) else spec, image_size=side,
+                                       channels=int(encoder.meta.get("channels") or 3))
         return built
     warnings.warn(f"the untrained baseline of {type(encoder.net).__name__} (spec {spec!r}) is the trained network "
                   f"with reset_parameters() called on every module; pass model=<a new instance> for an exact "

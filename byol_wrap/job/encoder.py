@@ -222,19 +222,23 @@ class Encoder(nn.Module):
         return self.meta.get("image_size")
 
     def preprocess(self, images: Any, normalize: bool = False) -> Tensor:
-        """``embed``'s preprocessing of paths, a folder, PIL images, arrays or tensors: uint8 at
-        :attr:`image_size`, the input of ``self(...)``; ``normalize=True``: the float input of
-        ``self.net`` (see :func:`byol_wrap.job.preprocess.preprocess`).
+        """``embed``'s preprocessing of paths, a folder, PIL images, arrays or tensors: images in the
+        encoder's pixel format (``meta["pixel_format"]``: its channels and sample type; uint8 RGB when
+        it records none) at :attr:`image_size`, the input of ``self(...)``; ``normalize=True``: the
+        float input of ``self.net`` (see :func:`byol_wrap.job.preprocess.preprocess`).
 
         Example:
             >>> vectors = encoder(encoder.preprocess(["a.jpg", "b.png"]))   # doctest: +SKIP
         """
+        from .data.channels import meta_pixel_format
         from .preprocess import preprocess
 
         statistics = self.meta.get("normalize") if normalize else None
-        batch = preprocess(images, self.image_size, normalize=statistics)
-        if normalize and statistics is None:  # trained without normalisation: the net takes [0, 1]
-            batch = to_float_images(batch)
+        fmt = meta_pixel_format(self.meta)
+        batch = preprocess(images, self.image_size, normalize=statistics, fmt=fmt)
+        if normalize and statistics is None:  # trained without normalisation: the net takes x / scale
+            batch = batch.float().div_(float(fmt.scale)) if fmt is not None and batch.dtype == torch.uint16 else \
+                to_float_images(batch)
         return batch.to(self._device())
 
     def _device(self) -> torch.device:

@@ -32,6 +32,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from .data.channels import PixelFormat, meta_pixel_format
+
 PathLike = Union[str, "os.PathLike[str]"]
 KS: Tuple[int, ...] = (20, 200)
 TEMPERATURE = 0.1
@@ -44,7 +46,8 @@ __all__ = ["evaluate", "format_table", "LabelledImages", "read_labelled", "strat
 # ----------------------------------------------------------------------------- labelled data
 @dataclass
 class LabelledImages:
-    """uint8 images ``(N, 3, H, W)`` in their evaluation view, labels ``0..C-1`` and the class names."""
+    """Images ``(N, C, H, W)`` in their evaluation view and the encoder's pixel format (uint8 RGB, or
+    its channels and sample type), labels ``0..K-1`` and the class names."""
 
     images: Tensor
     labels: Tensor
@@ -78,10 +81,11 @@ def stratified_split(labels: Tensor, fraction: float, seed: int) -> Tuple[Tensor
     return torch.cat(keep).sort().values, torch.cat(held).sort().values
 
 
-def _decode_folder(files: List[str], size: Any, workers: Optional[int], bar: Any) -> Tuple[Tensor, Tensor, List]:
+def _decode_folder(files: List[str], size: Any, workers: Optional[int], bar: Any,
+                   fmt: Optional[PixelFormat] = None) -> Tuple[Tensor, Tensor, List]:
     from .data import ImageFiles, default_load_size, default_workers, eval_images, make_loader
 
-    dataset = ImageFiles(files, default_load_size(size))
+    dataset = ImageFiles(files, default_load_size(size), fmt=fmt)
     loader = make_loader(dataset, min(64, len(files)), workers=default_workers() if workers is None else workers,
                          drop_last=False, shuffle=False, continuous=False)
     images, kept, skipped = [], [], []
@@ -147,21 +151,25 @@ def _relabel(labels: Tensor, names: Optional[List[str]]) -> Tuple[Tensor, List[s
 
 
 def read_labelled(data: PathLike, image_size: Any, *, workers: Optional[int] = None, progress: bool = False,
-                  role: str = "labelled data") -> Tuple[LabelledImages, Optional[LabelledImages]]:
+                  role: str = "labelled data",
+                  fmt: Optional[PixelFormat] = None) -> Tuple[LabelledImages, Optional[LabelledImages]]:
     """Labelled images at ``image_size`` (embed's centre view): ``(training split, its own test split or None)``.
 
     ``data``: a folder with one subfolder of images per class (sorted names are the classes; images
     searched recursively), a ``.npz`` with ``x_train``/``y_train`` (uint8 NHWC; ``x_test``/``y_test``
-    and ``class_names`` used when present), or ``"digits"``.
+    and ``class_names`` used when present), or ``"digits"``. ``fmt``: the encoder's pixel format (files are
+    decoded to it as ``embed`` decodes them; ``None``: 8-bit RGB); ``.npz`` and digits are 8-bit RGB only.
 
     Raises:
         FileNotFoundError: a missing path.
-        ValueError: fewer than two classes, no readable image, a ``.npz`` without labels.
+        ValueError: fewer than two classes, no readable image, a ``.npz`` without labels, 8-bit RGB arrays
+            (``.npz``, digits) for another ``fmt``.
     """
     from .data import load_digits
     from .data.arrays import _is_digits
 
     size = image_size if isinstance(image_size, int) else tuple(image_size)
+    _check_in_memory(data, fmt, role)
     if isinstance(data, str) and _is_digits(data):
         x, y, xq, yq = load_digits(size)
         classes = [str(i) for i in range(10)]
@@ -193,7 +201,7 @@ def read_labelled(data: PathLike, image_size: Any, *, workers: Optional[int] = N
                          f"{len(classes)} class folder(s) with images")
     bar = _bar(len(files), progress, "decode")
     try:
-        x, kept, skipped = _decode_folder(files, size, workers, bar)
+        x, kept, skipped = _decode_folder(files, size, workers, bar, fmt)
     finally:
         bar.close()
     if skipped:
@@ -201,6 +209,17 @@ def read_labelled(data: PathLike, image_size: Any, *, workers: Optional[int] = N
                       stacklevel=2)
     y = torch.tensor(folder_labels, dtype=torch.int64)[kept]
     return _check_classes(LabelledImages(x, y, classes, str(path), skipped), role, path), None
+
+
+def _check_in_memory(data: PathLike, fmt: Optional[PixelFormat], role: str) -> None:
+    """8-bit RGB arrays (``.npz``, digits) cannot feed an encoder of another pixel format."""
+    from .data.arrays import _is_digits
+
+    if fmt is None or fmt.is_photo:
+        return
+    if (isinstance(data, str) and _is_digits(data)) or Path(data).is_file():
+        raise ValueError(f"{role} {data} holds 8-bit RGB images but the encoder takes {fmt.channels} channel(s) "
+                         f"of {fmt.dtype}; give a folder of such images, one subfolder per class")
 
 
 def _values(labels: Tensor) -> List[int]:
@@ -236,13 +255,14 @@ def _align(test: LabelledImages, train: LabelledImages, raw_values: Optional[Lis
 
 
 def _read_test(data: PathLike, train: LabelledImages, image_size: Any, workers: Optional[int],
-               progress: bool) -> LabelledImages:
+               progress: bool, fmt: Optional[PixelFormat] = None) -> LabelledImages:
     """A separate test set (``--test``): a class folder tree, a .npz (its x_test if present, else x_train)
     or 'digits' (its test split)."""
     from .data.arrays import _is_digits
 
     size = image_size if isinstance(image_size, int) else tuple(image_size)
     role = "test data"
+    _check_in_memory(data, fmt, role)
     if isinstance(data, str) and _is_digits(data):
         return _align(read_labelled(data, size)[1], train, role=role)  # type: ignore[arg-type]
     path = Path(data)
@@ -263,7 +283,7 @@ def _read_test(data: PathLike, train: LabelledImages, image_size: Any, workers: 
         raise ValueError(f"{role} {path} has no class subfolder with images")
     bar = _bar(len(files), progress, "decode test")
     try:
-        x, kept, skipped = _decode_folder(files, size, workers, bar)
+        x, kept, skipped = _decode_folder(files, size, workers, bar, fmt)
     finally:
         bar.close()
     if skipped:
@@ -294,7 +314,7 @@ def _bar(total: int, enabled: bool, desc: str) -> Any:
 @torch.inference_mode()
 def features(encoder: nn.Module, images: Tensor, batch_size: int = 256, device: Any = "cpu",
              bar: Any = None) -> Tensor:
-    """``encoder`` applied to uint8 ``images`` in batches, float32 on the CPU."""
+    """``encoder`` applied to ``images`` (its pixel format: uint8, uint16, float) in batches, float32 on the CPU."""
     chunks = []
     for start in range(0, images.shape[0], batch_size):
         x = images[start:start + batch_size].to(device, non_blocking=True)
@@ -456,9 +476,10 @@ def evaluate(
     image_size = trained.meta.get("image_size")
     if image_size is None:
         raise ValueError("the encoder records no image_size; export it again with byol-wrap export")
-    train, own_test = read_labelled(labelled, image_size, workers=workers, progress=progress)
+    fmt = meta_pixel_format(trained.meta)  # files decoded as embed decodes them for this encoder
+    train, own_test = read_labelled(labelled, image_size, workers=workers, progress=progress, fmt=fmt)
     if test is not None:
-        test_set = _read_test(test, train, image_size, workers, progress)
+        test_set = _read_test(test, train, image_size, workers, progress, fmt)
         split = f"test set {test_set.source}"
     elif own_test is not None:
         test_set, split = own_test, f"the data's own test split ({own_test.source})"
@@ -506,7 +527,8 @@ def evaluate(
         "steps": trained.meta.get("steps"), "labelled": str(labelled), "test": None if test is None else str(test),
         "split": split, "classes": train.classes, "train_images": len(train), "test_images": len(test_set),
         "validation_fraction": val_fraction, "seed": seed, "ks": list(ks), "temperature": TEMPERATURE,
-        "c_grid": list(C_GRID), "skipped": len(train.skipped) + len(test_set.skipped), "results": results,
+        "c_grid": list(C_GRID), "pixel_format": None if fmt is None else fmt.as_dict(),
+        "skipped": len(train.skipped) + len(test_set.skipped), "results": results,
         "seconds": seconds, "device": str(device), "byol_wrap_version": __version__,
     }
     if out is not None:

@@ -5,12 +5,19 @@
   header (key ``byol_wrap``); :func:`byol_wrap.load_encoder` reads it like ``encoder.pt``.
 - ``timm``: the backbone's ``state_dict`` as a plain ``.pth`` for the model's own library:
   ``timm/<name>`` specs: ``timm.create_model(name, num_classes=0, checkpoint_path=file)`` loads it with
-  no missing key; ``torchvision/<name>`` specs: ``torchvision.models.<name>().load_state_dict(sd,
-  strict=False)`` misses only the classifier (the layers after the hidden layer, which BYOL never trained).
+  no missing key (``in_chans=C`` for an encoder of C != 3 channels); ``torchvision/<name>`` specs:
+  ``torchvision.models.<name>().load_state_dict(sd, strict=False)`` misses only the classifier (the
+  layers after the hidden layer, which BYOL never trained); for C != 3 channels rebuild the first
+  convolution first (:func:`byol_wrap.job.input_channels.rebuild_first_conv`).
 - ``onnx``: the embedding model (input normalisation, backbone up to the hidden layer, pooling), input
-  ``images`` float32 ``(batch, 3, H, W)`` in [0, 1], output ``embeddings`` ``(batch, D)``, dynamic batch.
-  After export it is run with onnxruntime on a few images and compared with PyTorch: every output within
-  :data:`ONNX_RTOL` x the largest output magnitude, else the export fails and nothing is written.
+  ``images`` float32 ``(batch, C, H, W)``, output ``embeddings`` ``(batch, D)``, dynamic batch. The
+  input is the encoder's float input: the samples divided by the run's full intensity (``x / scale``:
+  8-bit by 255, 16-bit by ``meta["pixel_format"]["scale"]`` (65535, or ``2**bits - 1`` for files that
+  declare fewer bits), float data as stored), i.e. in [0, 1] for integer images; the model's
+  ``metadata_props`` record ``channels``, ``input_scale`` and ``pixel_format``. After export it is run
+  with onnxruntime on a few images and compared with PyTorch: every output within :data:`ONNX_RTOL` x
+  the largest output magnitude, else the export fails and nothing is written.
+- ``safetensors`` and ``pt`` keep the whole metadata (``channels``, ``pixel_format``, the statistics).
 
 Every file is written atomically and an existing file is refused unless ``overwrite=True``.
 
@@ -109,6 +116,13 @@ def _family(spec: Any) -> Tuple[str, str]:
     return family, name
 
 
+def _channels(encoder: Any) -> int:
+    """The encoder's input channels: as recorded (``meta["channels"]``), else its first convolution's, else 3."""
+    from .input_channels import conv_channels
+
+    return int(encoder.meta.get("channels") or conv_channels(encoder.net) or 3)
+
+
 @torch.no_grad()
 def _unused_parameters(encoder: Any) -> List[str]:
     """Names of the parameters the representation does not depend on (the classifier after the hidden layer)."""
@@ -116,7 +130,7 @@ def _unused_parameters(encoder: Any) -> List[str]:
     named = [(n, p) for n, p in net.named_parameters()]
     image_size = encoder.meta.get("image_size") or 224
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-    x = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(2, _channels(encoder), height, width, generator=torch.Generator().manual_seed(0))
     device = next((p.device for _, p in named), torch.device("cpu"))
     with torch.enable_grad():
         output = encoder(x.to(device))
@@ -146,10 +160,11 @@ def _check_library_load(encoder: Any, path: Path, dropped: List[str]) -> None:
     family, name = _family(encoder.meta.get("model_spec"))
     image_size = encoder.meta.get("image_size")
     side = image_size if isinstance(image_size, int) else (image_size[0] if image_size else None)
+    channels = _channels(encoder)
     if family == "timm":
         import timm
 
-        kwargs: Dict[str, Any] = {"num_classes": 0, "checkpoint_path": str(path)}
+        kwargs: Dict[str, Any] = {"num_classes": 0, "checkpoint_path": str(path), "in_chans": channels}
         try:
             net = timm.create_model(name, img_size=side, **kwargs)
         except TypeError:
@@ -159,6 +174,10 @@ def _check_library_load(encoder: Any, path: Path, dropped: List[str]) -> None:
 
         extra = {"image_size": side} if name.startswith("vit_") and side else {}
         net = torchvision.models.get_model(name, weights=None, **extra)
+        if channels != 3:
+            from .input_channels import rebuild_first_conv
+
+            rebuild_first_conv(net, channels)
         result = net.load_state_dict(torch.load(path, weights_only=True), strict=False)
         if result.unexpected_keys or sorted(result.missing_keys) != sorted(dropped):
             raise RuntimeError(f"torchvision's {name} does not load {path} as expected (missing "
@@ -168,7 +187,8 @@ def _check_library_load(encoder: Any, path: Path, dropped: List[str]) -> None:
 
 # ----------------------------------------------------------------------------- onnx
 class EmbeddingModel(nn.Module):
-    """The encoder as one traceable function: float images in [0, 1] -> representations."""
+    """The encoder as one traceable function: float images ``x / scale`` (in [0, 1] for integer samples)
+    -> representations."""
 
     def __init__(self, encoder: Any) -> None:
         super().__init__()
@@ -182,14 +202,14 @@ class EmbeddingModel(nn.Module):
         return out
 
 
-def _onnx_check(data: bytes, model: nn.Module, image_size: Any, rtol: float) -> float:
+def _onnx_check(data: bytes, model: nn.Module, image_size: Any, rtol: float, channels: int = 3) -> float:
     """Run the ONNX bytes with onnxruntime on 3 images and return the largest difference / magnitude."""
     try:
         import onnxruntime
     except ImportError as error:
         raise ImportError(f"checking the ONNX export needs onnxruntime: {EXPORT_EXTRA}") from error
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-    x = torch.rand(3, 3, height, width, generator=torch.Generator().manual_seed(0))  # a batch of 3: not the traced 2
+    x = torch.rand(3, channels, height, width, generator=torch.Generator().manual_seed(0))  # 3: not the traced 2
     with torch.no_grad():
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         expected = model(x.to(device)).float().cpu()
@@ -205,6 +225,23 @@ def _onnx_check(data: bytes, model: nn.Module, image_size: Any, rtol: float) -> 
     return difference
 
 
+def _with_metadata(data: bytes, encoder: Any) -> bytes:
+    """The ONNX model with what its input means in ``metadata_props``: channels, the divisor of the samples
+    (``input_scale``), the pixel format and the image size, as JSON strings."""
+    import onnx
+
+    fmt = encoder.meta.get("pixel_format") or {"channels": 3, "dtype": "uint8", "scale": 255.0}
+    proto = onnx.load_from_string(data)
+    props = {"byol_wrap.channels": str(_channels(encoder)),
+             "byol_wrap.input_scale": json.dumps(float(fmt["scale"])), "byol_wrap.pixel_format": json.dumps(fmt),
+             "byol_wrap.image_size": json.dumps(encoder.meta.get("image_size")),
+             "byol_wrap.input": "float32 (batch, C, H, W): the samples divided by input_scale"}
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    return cast(bytes, proto.SerializeToString())
+
+
 def export_onnx(encoder: Any, path: PathLike, *, rtol: float = ONNX_RTOL,
                 opset: int = ONNX_OPSET) -> Tuple[Path, float]:
     """Write the encoder's embedding model as ONNX (checked with onnxruntime first); returns (path, error)."""
@@ -217,16 +254,17 @@ def export_onnx(encoder: Any, path: PathLike, *, rtol: float = ONNX_RTOL,
     model = EmbeddingModel(encoder).eval()
     image_size = encoder.meta.get("image_size")
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    channels = _channels(encoder)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    example = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(1)).to(device)
+    example = torch.rand(2, channels, height, width, generator=torch.Generator().manual_seed(1)).to(device)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
         torch.onnx.export(model, (example,), cast(Any, buffer), dynamo=False, input_names=["images"],
                           output_names=["embeddings"], opset_version=opset,
                           dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}})
-    data = buffer.getvalue()
-    difference = _onnx_check(data, model, image_size, rtol)
+    data = _with_metadata(buffer.getvalue(), encoder)
+    difference = _onnx_check(data, model, image_size, rtol, channels)
     return atomic_write_bytes(path, data), difference
 
 

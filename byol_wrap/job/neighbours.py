@@ -8,7 +8,11 @@ colour and brightness, pretraining learned something.
 
 ``pretrain`` draws ``RUN_DIR/plots/neighbours.png`` at the end of every run from up to
 :data:`MAX_IMAGES` training images; ``byol-wrap neighbours ENCODER FOLDER --out neighbours.png``
-draws it for any images.
+draws it for any images. Images are decoded in the encoder's pixel format (its channels and sample
+type, as ``embed`` decodes them) and shown as ``augmentations.png`` shows them
+(:func:`byol_wrap.job.monitor.display_images`): 1 channel grey, 3 as colour, other counts as their
+first three channels in false colour, each channel stretched to its 0.5-99.5 percentiles for data
+other than 8-bit RGB, said in the figure's title.
 
 Example:
     >>> draw_neighbours("runs/digits/encoder.pt", "digits", "neighbours.png")   # doctest: +SKIP
@@ -23,14 +27,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .data.channels import PixelFormat
+
 PathLike = Union[str, "os.PathLike[str]"]
 MAX_IMAGES = 2000   # the pool searched for neighbours: a few seconds of embedding on a CPU
 RUN_IMAGES = 1000   # at the end of a run (two nets over 1000 images: ~40 s for resnet18 at 224 px on a CPU)
 QUERIES = 6
 NEIGHBOURS = 6
 
-__all__ = ["nearest_neighbours", "plot_neighbours", "draw_neighbours", "sample_images", "plot_run_neighbours",
-           "neighbours_png", "MAX_IMAGES", "RUN_IMAGES"]
+__all__ = ["nearest_neighbours", "plot_neighbours", "display_neighbours", "draw_neighbours", "sample_images",
+           "plot_run_neighbours", "neighbours_png", "MAX_IMAGES", "RUN_IMAGES"]
 
 
 def nearest_neighbours(features: Tensor, queries: Tensor, k: int) -> Tensor:
@@ -51,16 +57,22 @@ def nearest_neighbours(features: Tensor, queries: Tensor, k: int) -> Tensor:
 
 
 def sample_images(data: Any, image_size: Any, *, count: int = MAX_IMAGES, seed: int = 0, workers: Optional[int] = None,
-                  progress: bool = False) -> Tuple[Tensor, List[str]]:
+                  progress: bool = False, fmt: Optional[PixelFormat] = None) -> Tuple[Tensor, List[str]]:
     """Up to ``count`` images of ``data`` (a folder, ``.npz``, ``"digits"`` or a Dataset of
-    ``open_images``), chosen by ``seed``, as uint8 at ``image_size`` (embed's centre view), and their names."""
+    ``open_images``), chosen by ``seed``, at ``image_size`` (embed's centre view), and their names.
+
+    ``fmt``: the encoder's pixel format, which files are decoded to (``None``: uint8 RGB); in-memory
+    data (``.npz``, digits) is 8-bit RGB and refused for another format."""
     from .data import default_load_size, default_workers, eval_images, make_loader, open_images
 
     size = image_size if isinstance(image_size, int) else tuple(image_size)
     if isinstance(data, torch.utils.data.Dataset) and hasattr(data, "load_size"):
         dataset = data  # a run's own training set: used as it is
     else:
-        dataset = open_images(data, default_load_size(size))
+        dataset = open_images(data, default_load_size(size), fmt=fmt)
+        if fmt is not None and not fmt.is_photo and not hasattr(dataset, "paths"):
+            raise ValueError(f"{data} holds 8-bit RGB images but the encoder takes {fmt.channels} channel(s) of "
+                             f"{fmt.dtype}; give a folder of such images")
     total = len(dataset)  # type: ignore[arg-type]
     if total < 2:
         raise ValueError(f"{data} holds {total} image(s); neighbours need at least 2")
@@ -93,22 +105,53 @@ def sample_images(data: Any, image_size: Any, *, count: int = MAX_IMAGES, seed: 
     return torch.cat(images), names
 
 
+def display_neighbours(images: Tensor, fmt: Optional[PixelFormat] = None) -> Tuple[Tensor, Optional[str]]:
+    """``images`` in the encoder's pixel format as displayable ``(N, H, W, 3)`` floats in [0, 1], and a
+    caption (``None`` for 8-bit RGB, shown as it is): the rule of ``augmentations.png``
+    (:func:`byol_wrap.job.monitor.display_images`), on ``x / fmt.scale``, stretched per channel.
+
+    Example:
+        >>> shown, caption = display_neighbours(torch.zeros(2, 1, 4, 4, dtype=torch.uint16),
+        ...                                     PixelFormat(1, "uint16", 65535.0))
+        >>> tuple(shown.shape), caption.split(";")[0]
+        ((2, 4, 4, 3), '1 channel, shown grey')
+    """
+    from .data.channels import to_device_float
+    from .monitor import display_images
+
+    if images.dtype == torch.uint8 and images.shape[1] == 3 and (fmt is None or fmt.is_photo):
+        return images.permute(0, 2, 3, 1).float().div(255), None
+    x = to_device_float(images, fmt) if fmt is not None else images
+    x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+    shown, caption = display_images([x], stretch=fmt is not None and not fmt.is_photo)
+    return shown[0], caption
+
+
 def plot_neighbours(images: Tensor, panels: Sequence[Tuple[str, Tensor]], queries: Tensor, path: PathLike,
-                    k: int = NEIGHBOURS) -> Path:
-    """Draw the grid: per query a row of [query | its ``k`` neighbours] for each ``(title, features)`` panel."""
+                    k: int = NEIGHBOURS, fmt: Optional[PixelFormat] = None) -> Path:
+    """Draw the grid: per query a row of [query | its ``k`` neighbours] for each ``(title, features)`` panel.
+
+    ``images`` are in the encoder's pixel format ``fmt`` (``None``: uint8 RGB), shown by :func:`display_neighbours`.
+    """
     from .monitor import _figure, _save_figure
 
     found = [(title, nearest_neighbours(feats, queries, k)) for title, feats in panels]
     k = found[0][1].shape[1]
     columns = len(found) * (k + 1)
     rows = len(queries)
-    figure = _figure(0.9 * columns + 0.4 * (len(found) - 1), 0.9 * rows + 0.5)
+    used = sorted(set(queries.tolist()) | {i for _, index in found for i in index.flatten().tolist()})
+    row_of = {image: row for row, image in enumerate(used)}
+    shown, caption = display_neighbours(images[used], fmt)  # stretched over the images in the picture
+    head = 0.4 + (0.3 if caption else 0.0)
+    figure = _figure(0.9 * columns + 0.4 * (len(found) - 1), 0.9 * rows + 0.1 + head)
     axes = figure.subplots(rows, columns, squeeze=False)
-    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.4 / (0.9 * rows + 0.5), wspace=0.06,
-                           hspace=0.06)
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - head / (0.9 * rows + 0.1 + head),
+                           wspace=0.06, hspace=0.06)
+    if caption:
+        figure.suptitle(caption, fontsize=8)
 
     def show(axis: Any, image: Tensor, edge: Optional[str] = None) -> None:
-        axis.imshow(image.permute(1, 2, 0).cpu().numpy())
+        axis.imshow(image.cpu().numpy())
         axis.set_xticks([])
         axis.set_yticks([])
         for spine in axis.spines.values():
@@ -122,9 +165,9 @@ def plot_neighbours(images: Tensor, panels: Sequence[Tuple[str, Tensor]], querie
         axes[0][left].set_title("query", fontsize=8)
         axes[0][left + 1 + (k - 1) // 2].set_title(f"{title}: nearest {k}", fontsize=9)
         for r, query in enumerate(queries.tolist()):
-            show(axes[r][left], images[query], edge="black")
+            show(axes[r][left], shown[row_of[query]], edge="black")
             for c, neighbour in enumerate(index[r].tolist()):
-                show(axes[r][left + 1 + c], images[neighbour])
+                show(axes[r][left + 1 + c], shown[row_of[neighbour]])
     _save_figure(figure, Path(path))
     return Path(path)
 
@@ -149,11 +192,13 @@ def draw_neighbours(encoder: Any, data: Any, out: PathLike, *, seed: int = 0, qu
         >>> draw_neighbours("runs/photos/encoder.pt", "photos/", "neighbours.png")  # doctest: +SKIP
     """
     from .baseline import untrained_like
+    from .data.channels import meta_pixel_format
     from .evaluate import _load, features
 
     trained, fresh, _ = _load(encoder, model, torch.device(device), how)
+    fmt = meta_pixel_format(trained.meta)
     images, _names = sample_images(data, trained.meta["image_size"], count=max_images, seed=seed, workers=workers,
-                                   progress=progress)
+                                   progress=progress, fmt=fmt)
     generator = torch.Generator().manual_seed(seed + 1)
     chosen = torch.randperm(images.shape[0], generator=generator)[:queries]
     panels = [("BYOL encoder", features(trained, images, batch_size, device))]
@@ -161,7 +206,7 @@ def draw_neighbours(encoder: Any, data: Any, out: PathLike, *, seed: int = 0, qu
         panels.append(("untrained", features(untrained_like(trained, seed=seed, model=fresh), images, batch_size,
                                              device)))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    return plot_neighbours(images, panels, chosen, out, k=k)
+    return plot_neighbours(images, panels, chosen, out, k=k, fmt=fmt)
 
 
 def plot_run_neighbours(encoder_path: PathLike, dataset: Any, out: PathLike, *, net: nn.Module, seed: int = 0,
