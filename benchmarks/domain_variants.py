@@ -16,6 +16,8 @@ package changes.
   in place of the paper's colour pipeline; the normalisation stays ImageNet's;
 - ``rep3``: 1-channel data, the network built for 3 channels and given the grey channel three times;
 - ``to1``: 3-channel data, the network built for 1 channel and given the mean of the three;
+- ``ch3``: the command with ``channels=3`` (``--channels 3``: each grey file replicated into 3 channels,
+  a 3-channel network, the default augmentations for 3 channels, the data's statistics);
 - ``lr3first``: 1 channel, the first convolution's weight with 3x the learning rate (what Adam gives the
   sum of three identical kernels when grey is replicated into RGB).
 
@@ -39,7 +41,7 @@ from torch import Tensor, nn
 from benchmarks.common import machine_description
 from benchmarks.domain import OUT_DIR, run_one
 
-VARIANTS = ("base", "vr", "vrclip", "nogamma", "inet", "chan", "rep3", "to1", "lr3first")
+VARIANTS = ("base", "vr", "vrclip", "nogamma", "inet", "chan", "rep3", "to1", "ch3", "lr3first")
 _PIPELINE_OPTIONS: Dict[str, Dict[str, Any]] = {
     "vr": {"value_range": (0, 1)},
     "vrclip": {"value_range": (0, 1), "clip": True},
@@ -86,6 +88,15 @@ def apply_variant(variant: str) -> None:
             return nn.Sequential(adapter(), *build(model, weights, image_size, channels=inner, notes=notes))
 
         run_setup.models_module.build_model = build_model  # also used by load_encoder to rebuild
+    if variant == "ch3":
+        import byol_wrap
+
+        pretrain = byol_wrap.pretrain
+
+        def pretrain_3(*args: Any, **kwargs: Any) -> Any:
+            return pretrain(*args, channels=3, **kwargs)
+
+        byol_wrap.pretrain = pretrain_3  # type: ignore[assignment]
     if variant == "lr3first":
         groups = optim.byol_param_groups
 
