@@ -122,6 +122,21 @@ def _class_folders(path: Path) -> Tuple[List[str], List[str], List[int]]:
     return classes, files, labels
 
 
+def _decode_labelled(files: List[str], folder_labels: List[int], classes: List[str], path: Path, size: Any,
+                     workers: Optional[int], progress: bool, what: str, fmt: Any, role: str) -> LabelledImages:
+    """Class-folder files decoded at the encoder's view, unreadable ones left out with one warning."""
+    bar = _bar(len(files), progress, what)
+    try:
+        x, kept, skipped = _decode_folder(files, size, workers, bar, fmt)
+    finally:
+        bar.close()
+    if skipped:
+        warnings.warn(f"{role}: {len(skipped)} unreadable file(s) left out, e.g. {skipped[0][0]}: {skipped[0][1]}",
+                      stacklevel=3)
+    y = torch.tensor(folder_labels, dtype=torch.int64)[kept]
+    return LabelledImages(x, y, classes, str(path), skipped)
+
+
 def _npz_labelled(path: Path, size: Any, prefix: str) -> Tuple[Tensor, Tensor, Optional[List[str]]]:
     import numpy as np
 
@@ -199,16 +214,8 @@ def read_labelled(data: PathLike, image_size: Any, *, workers: Optional[int] = N
     if len(classes) < 2:
         raise ValueError(f"{role} {path} needs one subfolder of images per class, at least 2 classes; found "
                          f"{len(classes)} class folder(s) with images")
-    bar = _bar(len(files), progress, "decode")
-    try:
-        x, kept, skipped = _decode_folder(files, size, workers, bar, fmt)
-    finally:
-        bar.close()
-    if skipped:
-        warnings.warn(f"{role}: {len(skipped)} unreadable file(s) left out, e.g. {skipped[0][0]}: {skipped[0][1]}",
-                      stacklevel=2)
-    y = torch.tensor(folder_labels, dtype=torch.int64)[kept]
-    return _check_classes(LabelledImages(x, y, classes, str(path), skipped), role, path), None
+    images = _decode_labelled(files, folder_labels, classes, path, size, workers, progress, "decode", fmt, role)
+    return _check_classes(images, role, path), None
 
 
 def _check_in_memory(data: PathLike, fmt: Optional[PixelFormat], role: str) -> None:
@@ -281,16 +288,8 @@ def _read_test(data: PathLike, train: LabelledImages, image_size: Any, workers: 
     classes, files, folder_labels = _class_folders(path)
     if not classes:
         raise ValueError(f"{role} {path} has no class subfolder with images")
-    bar = _bar(len(files), progress, "decode test")
-    try:
-        x, kept, skipped = _decode_folder(files, size, workers, bar, fmt)
-    finally:
-        bar.close()
-    if skipped:
-        warnings.warn(f"{role}: {len(skipped)} unreadable file(s) left out, e.g. {skipped[0][0]}: {skipped[0][1]}",
-                      stacklevel=2)
-    y = torch.tensor(folder_labels, dtype=torch.int64)[kept]
-    return _align(LabelledImages(x, y, classes, str(path), skipped), train, role=f"{role} {path}")
+    images = _decode_labelled(files, folder_labels, classes, path, size, workers, progress, "decode test", fmt, role)
+    return _align(images, train, role=f"{role} {path}")
 
 
 # ----------------------------------------------------------------------------- measures
