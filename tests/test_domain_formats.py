@@ -83,18 +83,30 @@ def test_four_band_16_bit_tiff_gives_all_bands_unchanged(tmp_path, layout):
     np.testing.assert_array_equal(conform(decoded, fmt), bands)
 
 
-def test_tiff_extra_band_is_alpha_only_when_declared(tmp_path):
-    rgbx = _bands(1, (10, 8, 4))
+def test_tiff_extra_band_is_alpha_only_when_declared_in_an_8_bit_file(tmp_path):
+    rgbx = (_bands(1, (10, 8, 4)) // 257).astype(np.uint8)
     tifffile.imwrite(tmp_path / "x.tif", rgbx, photometric="rgb", extrasamples=["unspecified"])
     info = inspect_image(str(tmp_path / "x.tif"))
     assert (info.channels, info.alpha) == (4, False)
     tifffile.imwrite(tmp_path / "a.tif", rgbx, photometric="rgb", extrasamples=["unassalpha"])
     info = inspect_image(str(tmp_path / "a.tif"))
     assert (info.channels, info.alpha) == (3, True)
-    # composited onto white: colour * a + full * (1 - a), a = alpha / 65535
-    a = rgbx[..., 3:].astype(np.float64) / 65535
-    expected = np.rint(rgbx[..., :3] * a + 65535 * (1 - a)).transpose(2, 0, 1)
-    np.testing.assert_array_equal(decode_image(str(tmp_path / "a.tif")).pixels, expected.astype(np.uint16))
+    # composited onto white: colour * a + full * (1 - a), a = alpha / 255
+    a = rgbx[..., 3:].astype(np.float64) / 255
+    expected = np.rint(rgbx[..., :3] * a + 255 * (1 - a)).transpose(2, 0, 1)
+    np.testing.assert_array_equal(decode_image(str(tmp_path / "a.tif")).pixels, expected.astype(np.uint8))
+
+
+@pytest.mark.parametrize("layout", ["hwc", "chw"])
+def test_16_bit_tiff_keeps_every_band_even_where_the_writer_tagged_one_as_alpha(tmp_path, layout):
+    """tifffile's defaults tag the fourth sample of a 4-band array as alpha: a fourth stain is still data."""
+    bands = _bands(2, (4, 10, 8))  # (C, H, W)
+    path = tmp_path / "stain4.tif"
+    tifffile.imwrite(path, bands.transpose(1, 2, 0) if layout == "hwc" else bands)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages[0].extrasamples  # the writer did declare an alpha band
+    assert inspect_image(str(path)).channels == 4
+    np.testing.assert_array_equal(decode_image(str(path)).pixels, bands)
 
 
 def test_rgba_png_alpha_composited_on_white(tmp_path):

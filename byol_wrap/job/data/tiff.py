@@ -40,8 +40,15 @@ def _tiff_layout(tif: Any) -> Tuple[List[Any], Tuple[int, ...], str, str]:
     return [first], tuple(first.shape), first.axes, "TIFF"
 
 
-def _tiff_alpha(page: Any) -> int:
-    """How many trailing samples the file declares as alpha (ExtraSamples 1 or 2)."""
+def _tiff_alpha(page: Any, dtype: str) -> int:
+    """How many trailing samples the file declares as alpha (ExtraSamples 1 or 2), in 8-bit files only.
+
+    In 16-bit and float files every band is data: writers mark extra bands as alpha by default (tifffile
+    tags the fourth sample of any ``(H, W, 4)`` or ``(4, H, W)`` array as unassociated alpha), and a fourth
+    stain or band read as transparency would be composited away.
+    """
+    if dtype != "uint8":
+        return 0
     extra = tuple(int(e) for e in (getattr(page, "extrasamples", ()) or ()))
     return sum(1 for e in extra if e in (1, 2))
 
@@ -79,7 +86,7 @@ def tiff_info(path: str) -> ImageInfo:
         dtype, _ = _dtype_of(np.dtype(series[0].dtype))
         scale, bits = _tiff_scale(page, dtype)
         total = _channels_from_axes(shape, axes)
-        alpha = _tiff_alpha(page) if len(series) == 1 and "S" in axes else 0
+        alpha = _tiff_alpha(page, dtype) if len(series) == 1 and "S" in axes else 0
         photometric = getattr(page.photometric, "name", str(page.photometric))
         kind = f"{kind} {photometric} {dtype}{bits}, {total} band{'s' * (total != 1)}"
         return ImageInfo(total - alpha, alpha > 0, dtype, scale, kind + (" (last one alpha)" if alpha else ""))
@@ -102,7 +109,7 @@ def tiff_decode(path: str) -> DecodedImage:
             return _tiff_codec_fallback(path, str(error).strip("'\""))
         dtype, _ = _dtype_of(data.dtype)
         scale, _ = _tiff_scale(page, dtype)
-        alpha = _tiff_alpha(page) if len(series) == 1 and "S" in axes else 0
+        alpha = _tiff_alpha(page, dtype) if len(series) == 1 and "S" in axes else 0
         photometric = getattr(page.photometric, "name", str(page.photometric))
     if data.shape != shape:
         raise ImageFormatError(f"TIFF data of shape {data.shape} where the header says {shape}")
