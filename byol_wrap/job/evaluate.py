@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from .data.arrays import stratified_split
 from .data.channels import PixelFormat, meta_pixel_format
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -57,28 +58,6 @@ class LabelledImages:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
-
-
-def stratified_split(labels: Tensor, fraction: float, seed: int) -> Tuple[Tensor, Tensor]:
-    """``(keep, held_out)`` index tensors: ``fraction`` of each class (rounded, at least one when the
-    class has two or more images) held out, drawn by ``seed``; both sorted.
-
-    Example:
-        >>> keep, held = stratified_split(torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), 0.25, seed=0)
-        >>> len(keep), len(held)
-        (6, 2)
-    """
-    if not 0 < fraction < 1:
-        raise ValueError(f"a split fraction must be between 0 and 1, got {fraction}")
-    generator = torch.Generator().manual_seed(seed)
-    keep, held = [], []
-    for cls in torch.unique(labels).tolist():
-        idx = torch.nonzero(labels == cls).flatten()
-        idx = idx[torch.randperm(len(idx), generator=generator)]
-        n_held = max(1, int(round(fraction * len(idx)))) if len(idx) > 1 else 0
-        held.append(idx[:n_held])
-        keep.append(idx[n_held:])
-    return torch.cat(keep).sort().values, torch.cat(held).sort().values
 
 
 def _decode_folder(files: List[str], size: Any, workers: Optional[int], bar: Any,

@@ -84,6 +84,19 @@ def remove_temporary_files(path: PathLike) -> int:
     return removed
 
 
+def prove_writable(folder: PathLike) -> None:
+    """Create ``folder`` (and its parents) and write and remove an empty file in it; OSError if that fails.
+
+    Example:
+        >>> prove_writable(tempfile.mkdtemp())
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".byol-wrap-write-test-{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -9,20 +9,17 @@ Example:
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
 from .checkpoint import RunError
+from .io import prove_writable
 
 
 def check_writable(out: Path) -> None:
     """Create RUN_DIR and prove it writable, or raise one clear line."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".byol-wrap-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        prove_writable(out)
     except OSError as error:
         raise RunError(f"cannot write to RUN_DIR {out}: {error.strerror or error}; choose another --out") from error
 

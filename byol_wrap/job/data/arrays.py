@@ -67,17 +67,26 @@ def load_npz_images(path: Union[str, Path], key: str = "x_train") -> Tensor:
         return _images_from_array(_npz_array(npz, key, path), f"{path.name}[{key!r}]")
 
 
-def _stratified_split(labels: Tensor, fraction: float = 0.2, seed: int = 0) -> Tuple[Tensor, Tensor]:
-    """Deterministic per-class split: ``fraction`` of each class (at least one) becomes the query set."""
+def stratified_split(labels: Tensor, fraction: float = 0.2, seed: int = 0) -> Tuple[Tensor, Tensor]:
+    """``(keep, held_out)`` index tensors: ``fraction`` of each class (rounded, at least one when the
+    class has two or more images) held out, drawn by ``seed``; both sorted.
+
+    Example:
+        >>> keep, held = stratified_split(torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), 0.25, seed=0)
+        >>> len(keep), len(held)
+        (6, 2)
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"a split fraction must be between 0 and 1, got {fraction}")
     generator = torch.Generator().manual_seed(seed)
-    bank, query = [], []
+    keep, held = [], []
     for cls in torch.unique(labels).tolist():
         idx = torch.nonzero(labels == cls).flatten()
         idx = idx[torch.randperm(len(idx), generator=generator)]
-        n_query = max(1, int(round(fraction * len(idx)))) if len(idx) > 1 else 0
-        query.append(idx[:n_query])
-        bank.append(idx[n_query:])
-    return torch.cat(bank).sort().values, torch.cat(query).sort().values
+        n_held = max(1, int(round(fraction * len(idx)))) if len(idx) > 1 else 0
+        held.append(idx[:n_held])
+        keep.append(idx[n_held:])
+    return torch.cat(keep).sort().values, torch.cat(held).sort().values
 
 
 def load_digits(image_size: Size = 32) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -99,7 +108,7 @@ def load_digits(image_size: Size = 32) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     images = F.interpolate(images, size=size_pair(image_size), mode="bilinear", align_corners=False)
     images = (images.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
     labels = torch.as_tensor(digits.target, dtype=torch.int64)
-    bank, query = _stratified_split(labels)
+    bank, query = stratified_split(labels)
     return images[bank], labels[bank], images[query], labels[query]
 
 

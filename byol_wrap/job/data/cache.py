@@ -46,6 +46,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..checkpoint import RunError
+from ..io import prove_writable
 from .cache_store import CACHE_FILES, INDEX, RECORDS, VERSION, CacheLayout, ImageCache
 from .datasets import ImageFiles, Item
 from .decode import decoder_id
@@ -296,10 +297,7 @@ def _prepare(dataset: ImageFiles, root: str, base: Path, explicit: bool, node: O
         return None
     folder = base / cache_key(root, layout, node)
     try:
-        base.mkdir(parents=True, exist_ok=True)
-        probe = base / f".byol-wrap-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        prove_writable(base)
     except OSError as error:
         if explicit:
             raise CacheError(f"cannot write the image cache to {base}: {error.strerror or error}; choose "

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .arrays import _images_from_array, _is_digits, _npz_array, _open_npz, _stratified_split, load_digits
+from .arrays import _images_from_array, _is_digits, _npz_array, _open_npz, load_digits, stratified_split
 from .channels import PixelFormat
 from .datasets import ImageFiles
 from .discovery import find_image_paths
@@ -84,7 +84,7 @@ def load_labelled(data: Union[str, os.PathLike[str]], image_size: Size, workers:
                 xq = _images_from_array(_npz_array(npz, "x_test", path), f"{path.name}['x_test']")
                 yq = torch.from_numpy(_npz_array(npz, "y_test", path)).long().flatten()
                 return eval_images(x, size), y, eval_images(xq, size), yq
-        bank, query = _stratified_split(y, split_fraction, seed)
+        bank, query = stratified_split(y, split_fraction, seed)
         x = eval_images(x, size)
         return x[bank], y[bank], x[query], y[query]
     classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -104,5 +104,5 @@ def load_labelled(data: Union[str, os.PathLike[str]], image_size: Size, workers:
                       f"{skipped[0][1]}", stacklevel=2)
     x = center_crop(x, size).contiguous()
     y = torch.tensor(labels, dtype=torch.int64)[kept]
-    bank, query = _stratified_split(y, split_fraction, seed)
+    bank, query = stratified_split(y, split_fraction, seed)
     return x[bank], y[bank], x[query], y[query]
