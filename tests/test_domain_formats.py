@@ -242,7 +242,8 @@ def test_dicom_rescale_slope_and_intercept(tmp_path):
     assert pydicom is not None
 
 
-def test_lzw_tiff_without_imagecodecs_is_read_by_pillow_keeping_16_bits(tmp_path):
+def test_lzw_tiff_keeps_16_bits(tmp_path):
+    # decoded by tifffile with imagecodecs, or by Pillow where imagecodecs is missing
     values = np.random.default_rng(4).integers(0, 65536, size=(9, 7), dtype=np.uint16)
     Image.fromarray(values).save(tmp_path / "l.tif", compression="tiff_lzw")
     decoded = decode_image(str(tmp_path / "l.tif"))

@@ -181,10 +181,6 @@ def detect_format(paths: Sequence[str], channels: ChannelsArg = "auto",
         example = f", e.g. {failures[0][0]}: {failures[0][1]}" if failures else ""
         raise ValueError(f"none of the {len(chosen)} sampled image headers could be read{example}")
     fmt, message = choose_format(infos, channels)
-    reduced = sum(1 for _, info in infos if "top 8 bits" in info.kind)
-    if reduced:
-        message += (f"; {reduced} sampled files are 16-bit colour PNGs, of which Pillow reads the top 8 bits "
-                    f"(save them as 16-bit TIFF to keep every bit)")
     sampled = f"{len(chosen)} of {len(paths)} files' headers read" if len(chosen) < len(paths) else \
         f"{len(chosen)} headers read"
     bad = f", {len(failures)} unreadable" if failures else ""

@@ -18,6 +18,7 @@ Example:
 """
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Any, Optional, Tuple, Union
 
@@ -29,7 +30,7 @@ from .formats import ImageFormatError, decode_image
 from .geometry import Size, resize_center_crop, size_pair
 from .jpeg import decode_jpeg_whole, jpeg_decoder_version
 
-DECODER_VERSION = 1  # of read_image's output (the image cache's records are keyed by it)
+DECODER_VERSION = 2  # of read_image's output (the image cache's records are keyed by it)
 TRAIN_EXTRA = 'pip install "byol-wrap[train]"'
 
 
@@ -220,6 +221,11 @@ def decoder_id() -> str:
                 parts.append(f"{lib} {version}")
     except ImportError:  # pragma: no cover - the job needs Pillow
         pass
+    for module in ("tifffile", "imagecodecs"):  # TIFF and 16-bit colour PNG
+        try:
+            parts.append(f"{module} {importlib.import_module(module).__version__}")
+        except ImportError:
+            pass
     fast = jpeg_decoder_version()
     if fast:
         parts.append(fast)

@@ -3,15 +3,16 @@
 Two calls per file format: :func:`inspect_image` reads only the header (channel count, declared
 transparency, sample type, the value that means full intensity), :func:`decode_image` the
 pixels, as a ``(C, H, W)`` numpy array in the file's own sample type. Colour photos (JPEG, PNG,
-BMP, WebP) are read by Pillow; TIFF by ``tifffile`` (all bands: samples of a page, contiguous or
-planar, or the pages of a ``(C, H, W)`` stack); ``.npy`` by numpy (``allow_pickle=False``);
-DICOM by ``pydicom`` (the ``[dicom]`` extra).
+BMP, WebP) are read by Pillow, 16-bit colour PNG by ``imagecodecs`` (:mod:`.png16`); TIFF by
+``tifffile`` (all bands: samples of a page, contiguous or planar, or the pages of a ``(C, H, W)``
+stack; :mod:`.tiff`); ``.npy`` by numpy (``allow_pickle=False``); DICOM by ``pydicom`` (the
+``[dicom]`` extra).
 
 What each file becomes (docs/domain-imagery-command.md has the full table):
 
 =============================  =========================================================
 8-bit grey / RGB / palette     uint8, 1 or 3 channels, full intensity 255
-16-bit grey PNG or TIFF        uint16, 1 channel, 65535 (or ``2**bits - 1`` when the file
+16-bit PNG or TIFF             uint16, 1 or 3 channels, 65535 (or ``2**bits - 1`` when the file
                                declares fewer significant bits: PNG ``sBIT``, TIFF
                                ``BitsPerSample`` 9-15, DICOM ``BitsStored``)
 multi-band TIFF                all bands as channels (uint8 / uint16 / float32)
@@ -134,13 +135,15 @@ def _pil_info(path: str) -> ImageInfo:
         return ImageInfo(1, False, "float32", 1.0, kind)
     if mode in ("1", "L"):
         return ImageInfo(1, False, "uint8", 255.0, kind)
+    if fmt == "PNG" and mode in ("RGB", "RGBA", "LA"):
+        depth, colour, significant = _png_header(path)
+        if depth == 16:  # Pillow would keep 8 of the 16 bits
+            from .png16 import png16_info
+
+            return png16_info(path, colour, significant)
     if mode in ("LA", "La"):
         return ImageInfo(1, True, "uint8", 255.0, kind)
     alpha = mode in ("RGBA", "RGBa", "PA") or (mode == "P" and transparency)
-    if fmt == "PNG" and mode in ("RGB", "RGBA"):
-        depth, _, _ = _png_header(path)
-        if depth == 16:
-            kind = f"PNG 16-bit {mode} (Pillow reads its top 8 bits)"
     return ImageInfo(3, alpha, "uint8", 255.0, kind)
 
 
@@ -149,6 +152,12 @@ def _pil_decode(path: str, draft_size: Optional[Tuple[int, int]]) -> DecodedImag
 
     with Image.open(path) as opened:
         image: Any = opened
+        if image.format == "PNG" and image.mode in ("RGB", "RGBA", "LA"):
+            depth, colour, significant = _png_header(path)
+            if depth == 16:
+                from .png16 import png16_decode
+
+                return png16_decode(path, colour, significant)
         if draft_size is not None and image.format == "JPEG":
             image.draft("RGB" if image.mode != "L" else "L", (draft_size[1], draft_size[0]))
         image.load()
@@ -201,9 +210,10 @@ def _as_job_dtype(data: np.ndarray) -> np.ndarray:
     return data if data.dtype == np.dtype(dtype) else data.astype(np.float32)
 
 
-def _composite(colour: np.ndarray, alpha: np.ndarray, scale: float) -> np.ndarray:
-    """Colour bands over a white background (the photo rule for transparency), in the same sample type."""
-    a = np.clip(alpha.astype(np.float64) / scale, 0, 1)
+def _composite(colour: np.ndarray, alpha: np.ndarray, scale: float, alpha_scale: float = 0.0) -> np.ndarray:
+    """Colour bands over a white (``scale``) background, the photo rule for transparency, in the same sample
+    type; alpha's full opacity is ``alpha_scale`` (``scale`` when 0)."""
+    a = np.clip(alpha.astype(np.float64) / (alpha_scale or scale), 0, 1)
     out = colour.astype(np.float64) * a + scale * (1 - a)
     if colour.dtype.kind == "f":
         return out.astype(np.float32)

@@ -1,5 +1,6 @@
 """TIFF files with every band: the samples of a page (contiguous or planar) or the pages of a ``(C, H, W)``
 stack, read by ``tifffile``; an extra band is alpha only where ``ExtraSamples`` says so (see :mod:`.formats`).
+The first page's ``Orientation`` tag is applied (:mod:`.orientation`), as Pillow applies EXIF orientation.
 
 Example:
     >>> import tempfile, numpy as np, tifffile
@@ -24,6 +25,7 @@ from .formats import (
     _dtype_of,
     _pil_decode,
 )
+from .orientation import ORIENTATION_TAG, orient, tag_value
 
 __all__ = ["tiff_info", "tiff_decode"]
 
@@ -111,6 +113,8 @@ def tiff_decode(path: str) -> DecodedImage:
         scale, _ = _tiff_scale(page, dtype)
         alpha = _tiff_alpha(page, dtype) if len(series) == 1 and "S" in axes else 0
         photometric = getattr(page.photometric, "name", str(page.photometric))
+        tag = page.tags.get(ORIENTATION_TAG)
+        orientation = tag_value(tag.value) if tag is not None else None
     if data.shape != shape:
         raise ImageFormatError(f"TIFF data of shape {data.shape} where the header says {shape}")
     # (..., Y, ..., X, ...) -> (channels, Y, X): every axis but Y and X is a channel axis
@@ -120,7 +124,7 @@ def tiff_decode(path: str) -> DecodedImage:
         raise ImageFormatError("palette TIFF: save it as RGB or grey")
     if photometric == "MINISWHITE" and data.dtype.kind == "u":
         data = np.iinfo(data.dtype).max - data  # 0 means white: turned so that larger means brighter
-    data = _as_job_dtype(data)
+    data = _as_job_dtype(orient(data, orientation))
     if alpha:
         data = _composite(data[:-alpha], data[-1], scale)
     return DecodedImage(np.ascontiguousarray(data), scale, kind)
