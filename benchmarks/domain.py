@@ -176,6 +176,58 @@ def report(path: Path) -> str:
     return text
 
 
+PAIRS = (("grey16", "rgb8"), ("bands4", "bands3"), ("low16", "low8"), ("grey16", "grey8"))
+
+
+def _paired(a: Dict[int, float], b: Dict[int, float]) -> Tuple[List[int], List[float]]:
+    seeds = sorted(set(a) & set(b))
+    return seeds, [100 * (a[s] - b[s]) for s in seeds]
+
+
+def _interval(diffs: List[float]) -> str:
+    """Mean difference, its standard error and a 95 % t-interval over seeds (points)."""
+    from scipy.stats import t as student_t  # scipy comes with scikit-learn ([train])
+
+    mean = statistics.mean(diffs)
+    if len(diffs) < 2:
+        return f"{mean:+.2f}"
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5
+    half = float(student_t.ppf(0.975, len(diffs) - 1)) * se
+    return f"{mean:+.2f} (SE {se:.2f}; 95 % CI {mean - half:+.2f} to {mean + half:+.2f})"
+
+
+def compare(paths: Sequence[Path]) -> str:
+    """Paired by seed, per budget: each native run against its converted twin and against random init."""
+    groups: Dict[Tuple[str, str, int], Dict[int, float]] = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                steps = row["steps"] if row["contestant"] == "byol" else 0
+                groups.setdefault((row["config"], row["contestant"], steps), {})[row["seed"]] = row["knn"]
+    lines = ["| steps | native | against | seeds | native mean | against mean | difference, points | native >= |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    budgets = sorted({steps for (_, contestant, steps) in groups if contestant == "byol"})
+    done = set()
+    for steps in budgets:
+        for native, other in PAIRS:
+            for against, key in ((other, (other, "byol", steps)), (f"{native}, random init", (native, "random", 0))):
+                if (steps, native, against) in done:
+                    continue
+                done.add((steps, native, against))
+                mine, theirs = groups.get((native, "byol", steps), {}), groups.get(key, {})
+                seeds, diffs = _paired(mine, theirs)
+                if not seeds:
+                    continue
+                lines.append(f"| {steps} | {native} | {against} | {len(seeds)} | "
+                             f"{statistics.mean(mine[s] for s in seeds):.2%} | "
+                             f"{statistics.mean(theirs[s] for s in seeds):.2%} | {_interval(diffs)} | "
+                             f"{sum(d >= 0 for d in diffs)} of {len(diffs)} |")
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
 # ---------------------------------------------------------------------------- loader speed
 def loader_speed(args: argparse.Namespace) -> None:
     import tifffile
@@ -247,6 +299,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     q.add_argument("--out", default=str(OUT_DIR / "runs.jsonl"))
     r = commands.add_parser("report")
     r.add_argument("path")
+    c = commands.add_parser("compare", help="native against converted and random init, paired by seed")
+    c.add_argument("paths", nargs="+")
     s = commands.add_parser("loader")
     s.add_argument("--root", required=True)
     s.add_argument("--side", type=int, default=256)
@@ -266,6 +320,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         quality(args)
     elif args.command == "report":
         report(Path(args.path))
+    elif args.command == "compare":
+        compare([Path(p) for p in args.paths])
     else:
         loader_speed(args)
 
