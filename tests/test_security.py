@@ -5,6 +5,7 @@ time, a user's Dataset whose items raise.
 Runs are tiny (16 px, batch 4, 32/64-wide heads, 1-6 steps): a second or two each on a CPU.
 """
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -247,6 +248,25 @@ def test_full_disk_at_every_run_file_is_a_one_line_stop(name, after, capsys, ima
     assert not list(out.rglob("*.tmp")), "no temporary file left behind"
     monkeypatch.undo()
     assert main(["pretrain", str(images), "--out", str(out), "--steps", "4", "--checkpoint-every", "2", *SMALL]) == 0
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_full_disk_in_tensorboards_writer_thread_ends_the_events_not_the_run(capsys, images, tmp_path, monkeypatch):
+    """TensorBoard writes its events in a thread, which keeps the error and raises it at the next call."""
+    record_writer = pytest.importorskip("tensorboard.summary.writer.record_writer")
+
+    def full(self, data) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", full)
+    out = tmp_path / "run"
+    code, err = cli(capsys, "pretrain", images, "--out", out, "--steps", "4", "--log-every", "1", *SMALL)
+    assert code == 0, err
+    warnings = [line for line in err if "TensorBoard" in line]
+    assert len(warnings) == 1 and "No space left on device" in warnings[0], err
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4], steps
+    assert (out / "encoder.pt").exists()
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="finds the file written through /proc")

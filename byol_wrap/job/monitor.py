@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -91,8 +92,10 @@ class MetricsLog:
         '{"step": 1, "loss": 0.5}\\n'
     """
 
-    def __init__(self, run_dir: os.PathLike, tensorboard: bool = True, flush_seconds: float = 30.0) -> None:
+    def __init__(self, run_dir: os.PathLike, tensorboard: bool = True, flush_seconds: float = 30.0,
+                 warn: Optional[Callable[[str], None]] = None) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
+        self._warn = warn or (lambda message: warnings.warn(message, RuntimeWarning, stacklevel=3))
         self.rows: List[Dict[str, Any]] = []
         self.flush_seconds = flush_seconds
         self._last_flush = 0.0
@@ -125,16 +128,37 @@ class MetricsLog:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional (it comes with the [train] extra)
             return
-        self._writer = SummaryWriter(str(self._tensorboard_dir), purge_step=purge_step)
+        self._tensorboard("open", lambda: SummaryWriter(str(self._tensorboard_dir), purge_step=purge_step))
+
+    def _tensorboard(self, what: str, call: Callable[[], Any]) -> None:
+        """Run one TensorBoard call; a failure (its writer thread's full disk, say) ends the events, not the run.
+
+        ``metrics.jsonl`` holds every row, and the run's own writes report a full disk by name.
+        """
+        try:
+            result = call()
+        except Exception as error:  # noqa: BLE001 - tensorboard's writer thread re-raises whatever it met
+            writer, self._writer, self._want_tensorboard = self._writer, None, False
+            self._warn(f"WARNING: TensorBoard events stopped ({what} failed: {type(error).__name__}: "
+                       f"{str(error).strip().splitlines()[0] if str(error).strip() else 'no message'}); "
+                       f"metrics.jsonl keeps every row")
+            if writer is not None:
+                try:
+                    writer.close()
+                except Exception:  # noqa: BLE001, S110 - already reported once above
+                    pass
+            return
+        if what == "open":
+            self._writer = result
 
     def append(self, row: Dict[str, Any]) -> None:
         """Add one logged step (numbers; ``None`` values are left out)."""
         row = {key: value for key, value in row.items() if value is not None}
         self.rows.append(row)
         if self._writer is not None:
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-                    self._writer.add_scalar(key, value, row["step"])
+            scalars = [(key, value) for key, value in row.items()
+                       if key != "step" and isinstance(value, (int, float)) and math.isfinite(value)]
+            self._tensorboard("add_scalar", lambda: [self._writer.add_scalar(k, v, row["step"]) for k, v in scalars])
 
     def flush(self, force: bool = True) -> None:
         """Rewrite ``metrics.jsonl`` atomically (unless ``force=False`` and the last flush is recent)."""
@@ -149,11 +173,11 @@ class MetricsLog:
         text = "".join(json.dumps(row) + "\n" for row in self.rows)
         atomic_write_text(self.path, text)
         if self._writer is not None:
-            self._writer.flush()
+            self._tensorboard("flush", self._writer.flush)
 
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.close()
+            self._tensorboard("close", self._writer.close)
             self._writer = None
 
     def series(self, key: str) -> List[Sequence[float]]:

@@ -116,7 +116,7 @@ class Run(RunSetup):
         if not resumed and self.world.main:
             self._say(claim(self.out, bool(self.options["overwrite"])))
         self._attach_cache()
-        self.log = MetricsLog(self.out)
+        self.log = MetricsLog(self.out, warn=self._warn)
         if self.world.main:
             if resumed:
                 self.log.resume(self.step)
