@@ -233,10 +233,12 @@ def _npy_header(path: str) -> Tuple[Tuple[int, ...], np.dtype, bool]:
 
 def _npy_channel_axis(shape: Tuple[int, ...]) -> Optional[int]:
     """(H, W): None; (C, H, W) or (H, W, C): the smaller of the first and last axes (first when equal)."""
+    if len(shape) not in (2, 3):
+        raise ImageFormatError(f".npy of shape {shape}: one image per file, (H, W), (C, H, W) or (H, W, C)")
+    if 0 in shape:
+        raise ImageFormatError(f".npy of shape {shape} has no pixels (an axis of length 0)")
     if len(shape) == 2:
         return None
-    if len(shape) != 3:
-        raise ImageFormatError(f".npy of shape {shape}: one image per file, (H, W), (C, H, W) or (H, W, C)")
     return 0 if shape[0] <= shape[2] else 2
 
 

@@ -35,6 +35,12 @@ def _tiff_layout(tif: Any) -> Tuple[List[Any], Tuple[int, ...], str, str]:
     series = list(tif.series)
     if not series:
         raise ImageFormatError("TIFF without image data")
+    pages = list(tif.pages)
+    for number, page in enumerate(pages):
+        shape = getattr(page, "shape", None)
+        if shape is not None and 0 in tuple(shape):
+            raise ImageFormatError(f"TIFF page {number + 1} of {len(pages)} has zero size (no pixels): a damaged "
+                                   f"or nonconformant file; write it again without the empty page")
     first = series[0]
     if len(series) > 1 and all(s.shape == first.shape and s.dtype == first.dtype and s.axes == "YX"
                                for s in series):

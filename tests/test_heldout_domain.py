@@ -1,0 +1,62 @@
+"""Held-out checks of issue 19's reading rules: files the other domain tests did not make (empty arrays,
+TIFF pages without pixels) are skipped with a reason that says what is wrong, never a crash or a silent
+loss of channels."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from byol_wrap.job.data.channels import PixelFormat
+from byol_wrap.job.data.datasets import ImageFiles
+from byol_wrap.job.data.formats import ImageFormatError, decode_image, inspect_image
+
+tifffile = pytest.importorskip("tifffile")
+
+GREY16 = PixelFormat(1, "uint16", 65535.0)
+
+
+@pytest.mark.parametrize("shape", [(0, 40), (3, 0, 40), (40, 0, 2)])
+def test_npy_without_pixels_is_skipped_with_the_reason(tmp_path, shape):
+    path = tmp_path / "empty.npy"
+    np.save(path, np.zeros(shape, np.uint16))
+    for read in (inspect_image, decode_image):
+        with pytest.raises(ImageFormatError, match="no pixels"):
+            read(str(path))
+    image, index, reason = ImageFiles([path], 8, fmt=GREY16)[0]  # was a ZeroDivisionError in the resize
+    assert image is None and index == 0 and "no pixels" in reason
+
+
+def _write_with_empty_page(path, pages: np.ndarray) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tifffile: "writing zero-size array to nonconformant TIFF"
+        with tifffile.TiffWriter(path) as tif:
+            for page in pages:
+                tif.write(page, photometric="minisblack")
+            tif.write(np.zeros((0, pages.shape[-1]), np.uint16), photometric="minisblack")
+
+
+def test_tiff_with_a_zero_size_page_is_skipped_with_the_reason(tmp_path):
+    lone = tmp_path / "zero.tif"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tifffile.imwrite(lone, np.zeros((0, 12), np.uint16))
+    stack = tmp_path / "stack.tif"  # three 16-bit bands and an empty fourth page: was read as 1 channel
+    _write_with_empty_page(stack, np.arange(3 * 6 * 5, dtype=np.uint16).reshape(3, 6, 5))
+    for path in (lone, stack):
+        for read in (inspect_image, decode_image):
+            with pytest.raises(ImageFormatError, match="zero size"):
+                read(str(path))
+    image, _, reason = ImageFiles([stack], 8, fmt=PixelFormat(3, "uint16", 65535.0))[0]
+    assert image is None and "zero size" in reason
+
+
+def test_tiff_stack_without_empty_pages_keeps_every_page(tmp_path):
+    bands = np.random.default_rng(0).integers(0, 65536, (3, 6, 5), dtype=np.uint16)
+    path = tmp_path / "stack.tif"
+    with tifffile.TiffWriter(path) as tif:
+        for page in bands:
+            tif.write(page, photometric="minisblack")
+    assert inspect_image(str(path)).channels == 3
+    np.testing.assert_array_equal(decode_image(str(path)).pixels, bands)
