@@ -60,3 +60,15 @@ def test_tiff_stack_without_empty_pages_keeps_every_page(tmp_path):
             tif.write(page, photometric="minisblack")
     assert inspect_image(str(path)).channels == 3
     np.testing.assert_array_equal(decode_image(str(path)).pixels, bands)
+
+
+@pytest.mark.parametrize("photometric, bright", [("minisblack", True), ("miniswhite", False)])
+def test_bilevel_tiff_is_bright_where_the_file_says_white(tmp_path, photometric, bright):
+    bits = np.zeros((4, 9), bool)
+    bits[1, 2] = bits[3, 8] = True  # set bits: black in MINISWHITE (scans, faxes), white in MINISBLACK
+    path = tmp_path / "scan.tif"
+    tifffile.imwrite(path, bits, photometric=photometric)
+    decoded = decode_image(str(path))
+    expected = np.where(bits == bright, 255, 0).astype(np.uint8)[None]
+    assert decoded.scale == 255.0
+    np.testing.assert_array_equal(decoded.pixels, expected)

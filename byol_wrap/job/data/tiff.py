@@ -128,8 +128,9 @@ def tiff_decode(path: str) -> DecodedImage:
     data = data.transpose(order).reshape(-1, shape[axes.index("Y")], shape[axes.index("X")])
     if photometric == "PALETTE":
         raise ImageFormatError("palette TIFF: save it as RGB or grey")
-    if photometric == "MINISWHITE" and data.dtype.kind == "u":
-        data = np.iinfo(data.dtype).max - data  # 0 means white: turned so that larger means brighter
+    if photometric == "MINISWHITE" and data.dtype.kind in "ub":
+        # 0 means white: turned so that larger means brighter (bilevel scans and faxes read as bool)
+        data = ~data if data.dtype.kind == "b" else np.iinfo(data.dtype).max - data
     data = _as_job_dtype(orient(data, orientation))
     if alpha:
         data = _composite(data[:-alpha], data[-1], scale)
