@@ -72,3 +72,15 @@ def test_bilevel_tiff_is_bright_where_the_file_says_white(tmp_path, photometric,
     expected = np.where(bits == bright, 255, 0).astype(np.uint8)[None]
     assert decoded.scale == 255.0
     np.testing.assert_array_equal(decoded.pixels, expected)
+
+
+def test_skip_reason_of_an_eight_band_tiff_in_an_rgb_run_describes_the_file(tmp_path):
+    from byol_wrap.job.data.channels import RGB8, conform
+
+    path = tmp_path / "scan_017.tif"
+    tifffile.imwrite(path, np.zeros((6, 5, 8), np.uint16), photometric="minisblack", planarconfig="contig")
+    with pytest.raises(ImageFormatError) as error:
+        conform(decode_image(str(path)), RGB8)
+    # the example in docs/domain-imagery-command.md
+    assert str(error.value) == ("8 channels (TIFF MINISBLACK uint16, 8 bands) in a 3-channel run "
+                                "(pass --channels 8 for a run of such files)")

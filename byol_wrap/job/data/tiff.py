@@ -92,12 +92,18 @@ def tiff_info(path: str) -> ImageInfo:
         series, shape, axes, kind = _tiff_layout(tif)
         page: Any = tif.pages[0]
         dtype, _ = _dtype_of(np.dtype(series[0].dtype))
-        scale, bits = _tiff_scale(page, dtype)
+        scale, _ = _tiff_scale(page, dtype)
         total = _channels_from_axes(shape, axes)
         alpha = _tiff_alpha(page, dtype) if len(series) == 1 and "S" in axes else 0
-        photometric = getattr(page.photometric, "name", str(page.photometric))
-        kind = f"{kind} {photometric} {dtype}{bits}, {total} band{'s' * (total != 1)}"
-        return ImageInfo(total - alpha, alpha > 0, dtype, scale, kind + (" (last one alpha)" if alpha else ""))
+        return ImageInfo(total - alpha, alpha > 0, dtype, scale, _describe(kind, page, dtype, total, alpha))
+
+
+def _describe(kind: str, page: Any, dtype: str, total: int, alpha: int) -> str:
+    """The file's description for logs and skip reasons, e.g. ``TIFF MINISBLACK uint16, 8 bands``."""
+    photometric = getattr(page.photometric, "name", str(page.photometric))
+    _, bits = _tiff_scale(page, dtype)
+    kind = f"{kind} {photometric} {dtype}{bits}, {total} band{'s' * (total != 1)}"
+    return kind + (" (last one alpha)" if alpha else "")
 
 
 def tiff_decode(path: str) -> DecodedImage:
@@ -119,6 +125,7 @@ def tiff_decode(path: str) -> DecodedImage:
         scale, _ = _tiff_scale(page, dtype)
         alpha = _tiff_alpha(page, dtype) if len(series) == 1 and "S" in axes else 0
         photometric = getattr(page.photometric, "name", str(page.photometric))
+        kind = _describe(kind, page, dtype, _channels_from_axes(shape, axes), alpha)
         tag = page.tags.get(ORIENTATION_TAG)
         orientation = tag_value(tag.value) if tag is not None else None
     if data.shape != shape:
