@@ -84,3 +84,23 @@ def test_skip_reason_of_an_eight_band_tiff_in_an_rgb_run_describes_the_file(tmp_
     # the example in docs/domain-imagery-command.md
     assert str(error.value) == ("8 channels (TIFF MINISBLACK uint16, 8 bands) in a 3-channel run "
                                 "(pass --channels 8 for a run of such files)")
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".npy"])
+def test_float_file_with_nan_or_inf_is_skipped_with_the_reason(tmp_path, suffix):
+    bands = np.full((3, 8, 8), 0.25, np.float32)
+    bands[1, 4, 4] = np.nan  # nodata in the middle: it would reach the network after any crop
+    bands[2, 0, 0] = np.inf
+    path = tmp_path / f"scene{suffix}"
+    if suffix == ".npy":
+        np.save(path, bands)
+    else:
+        tifffile.imwrite(path, bands, photometric="minisblack", planarconfig="separate")
+    assert inspect_image(str(path)).channels == 3  # the header is fine; the pixels are not
+    image, _, reason = ImageFiles([path], 8, fmt=PixelFormat(3, "float32", 1.0))[0]
+    assert image is None and reason.startswith("2 of 192 samples are NaN or infinite")
+    finite = tmp_path / f"filled{suffix}"
+    bands = np.nan_to_num(bands, nan=0.0, posinf=1.0)
+    np.save(finite, bands) if suffix == ".npy" else tifffile.imwrite(
+        finite, bands, photometric="minisblack", planarconfig="separate")
+    np.testing.assert_array_equal(decode_image(str(finite)).pixels, bands)
