@@ -104,3 +104,16 @@ def test_float_file_with_nan_or_inf_is_skipped_with_the_reason(tmp_path, suffix)
     np.save(finite, bands) if suffix == ".npy" else tifffile.imwrite(
         finite, bands, photometric="minisblack", planarconfig="separate")
     np.testing.assert_array_equal(decode_image(str(finite)).pixels, bands)
+
+
+def test_statistics_error_names_an_example_file_and_its_reason(tmp_path):
+    from byol_wrap.job.data.channels import dataset_statistics
+
+    bands = np.full((2, 6, 6), np.nan, np.float32)
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"nodata{i}.npy")
+        np.save(paths[-1], bands)
+    fmt = PixelFormat(2, "float32", 1.0)
+    with pytest.raises(ValueError, match=r"could be decoded, e.g. .*nodata0\.npy: 72 of 72 samples are NaN"):
+        dataset_statistics(ImageFiles(paths, 6, fmt=fmt), fmt, workers=0)
