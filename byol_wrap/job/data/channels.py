@@ -375,18 +375,20 @@ def dataset_statistics(dataset: Any, fmt: PixelFormat, workers: Optional[int] = 
             return str(describe(indices[i])) if describe else f"dataset[{indices[i]}]"
 
     stats = ChannelStatistics(fmt.channels)
-    skipped = 0
+    skipped, example = 0, ""
     loader = make_loader(_Sample(), min(64, len(indices)), workers=workers, drop_last=False, shuffle=False,
                          continuous=False, strict=False)
     try:
         for batch in loader:
             skipped += len(batch.skipped)
+            example = example or "".join(f", e.g. {path}: {why}" for path, why in batch.skipped[:1])
             if len(batch.images):
                 stats.add(to_device_float(batch.images, fmt).to(torch.float32))
     finally:
         loader.close()
     if stats.images == 0:
-        raise ValueError(f"none of the {len(indices)} images sampled for the per-channel statistics could be decoded")
+        raise ValueError(f"none of the {len(indices)} images sampled for the per-channel statistics could be "
+                         f"decoded{example}")
     mean, std = stats.normalization()
     shown = ", ".join(f"{m:.4g}" for m in mean[:8]) + (", ..." if len(mean) > 8 else "")
     shown_std = ", ".join(f"{s:.4g}" for s in std[:8]) + (", ..." if len(std) > 8 else "")

@@ -30,7 +30,7 @@ from .formats import ImageFormatError, decode_image
 from .geometry import Size, resize_center_crop, size_pair
 from .jpeg import decode_jpeg_whole, jpeg_decoder_version
 
-DECODER_VERSION = 2  # of read_image's output (the image cache's records are keyed by it)
+DECODER_VERSION = 3  # of read_image's output (the image cache's records are keyed by it)
 TRAIN_EXTRA = 'pip install "byol-wrap[train]"'
 
 

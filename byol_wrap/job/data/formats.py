@@ -207,7 +207,11 @@ def _as_job_dtype(data: np.ndarray) -> np.ndarray:
     dtype, _ = _dtype_of(data.dtype)
     if data.dtype == np.bool_:
         return data.astype(np.uint8) * 255
-    return data if data.dtype == np.dtype(dtype) else data.astype(np.float32)
+    out = data if data.dtype == np.dtype(dtype) else data.astype(np.float32)
+    if out.dtype.kind == "f" and not np.isfinite(out).all():  # a network cannot train on NaN or inf
+        raise ImageFormatError(f"{np.count_nonzero(~np.isfinite(out))} of {out.size} samples are NaN or infinite "
+                               f"(nodata?): fill them (e.g. numpy.nan_to_num) or leave the file out")
+    return out
 
 
 def _composite(colour: np.ndarray, alpha: np.ndarray, scale: float, alpha_scale: float = 0.0) -> np.ndarray:
@@ -233,10 +237,12 @@ def _npy_header(path: str) -> Tuple[Tuple[int, ...], np.dtype, bool]:
 
 def _npy_channel_axis(shape: Tuple[int, ...]) -> Optional[int]:
     """(H, W): None; (C, H, W) or (H, W, C): the smaller of the first and last axes (first when equal)."""
+    if len(shape) not in (2, 3):
+        raise ImageFormatError(f".npy of shape {shape}: one image per file, (H, W), (C, H, W) or (H, W, C)")
+    if 0 in shape:
+        raise ImageFormatError(f".npy of shape {shape} has no pixels (an axis of length 0)")
     if len(shape) == 2:
         return None
-    if len(shape) != 3:
-        raise ImageFormatError(f".npy of shape {shape}: one image per file, (H, W), (C, H, W) or (H, W, C)")
     return 0 if shape[0] <= shape[2] else 2
 
 

@@ -35,6 +35,12 @@ def _tiff_layout(tif: Any) -> Tuple[List[Any], Tuple[int, ...], str, str]:
     series = list(tif.series)
     if not series:
         raise ImageFormatError("TIFF without image data")
+    pages = list(tif.pages)
+    for number, page in enumerate(pages):
+        shape = getattr(page, "shape", None)
+        if shape is not None and 0 in tuple(shape):
+            raise ImageFormatError(f"TIFF page {number + 1} of {len(pages)} has zero size (no pixels): a damaged "
+                                   f"or nonconformant file; write it again without the empty page")
     first = series[0]
     if len(series) > 1 and all(s.shape == first.shape and s.dtype == first.dtype and s.axes == "YX"
                                for s in series):
@@ -86,12 +92,18 @@ def tiff_info(path: str) -> ImageInfo:
         series, shape, axes, kind = _tiff_layout(tif)
         page: Any = tif.pages[0]
         dtype, _ = _dtype_of(np.dtype(series[0].dtype))
-        scale, bits = _tiff_scale(page, dtype)
+        scale, _ = _tiff_scale(page, dtype)
         total = _channels_from_axes(shape, axes)
         alpha = _tiff_alpha(page, dtype) if len(series) == 1 and "S" in axes else 0
-        photometric = getattr(page.photometric, "name", str(page.photometric))
-        kind = f"{kind} {photometric} {dtype}{bits}, {total} band{'s' * (total != 1)}"
-        return ImageInfo(total - alpha, alpha > 0, dtype, scale, kind + (" (last one alpha)" if alpha else ""))
+        return ImageInfo(total - alpha, alpha > 0, dtype, scale, _describe(kind, page, dtype, total, alpha))
+
+
+def _describe(kind: str, page: Any, dtype: str, total: int, alpha: int) -> str:
+    """The file's description for logs and skip reasons, e.g. ``TIFF MINISBLACK uint16, 8 bands``."""
+    photometric = getattr(page.photometric, "name", str(page.photometric))
+    _, bits = _tiff_scale(page, dtype)
+    kind = f"{kind} {photometric} {dtype}{bits}, {total} band{'s' * (total != 1)}"
+    return kind + (" (last one alpha)" if alpha else "")
 
 
 def tiff_decode(path: str) -> DecodedImage:
@@ -113,6 +125,7 @@ def tiff_decode(path: str) -> DecodedImage:
         scale, _ = _tiff_scale(page, dtype)
         alpha = _tiff_alpha(page, dtype) if len(series) == 1 and "S" in axes else 0
         photometric = getattr(page.photometric, "name", str(page.photometric))
+        kind = _describe(kind, page, dtype, _channels_from_axes(shape, axes), alpha)
         tag = page.tags.get(ORIENTATION_TAG)
         orientation = tag_value(tag.value) if tag is not None else None
     if data.shape != shape:
@@ -122,8 +135,9 @@ def tiff_decode(path: str) -> DecodedImage:
     data = data.transpose(order).reshape(-1, shape[axes.index("Y")], shape[axes.index("X")])
     if photometric == "PALETTE":
         raise ImageFormatError("palette TIFF: save it as RGB or grey")
-    if photometric == "MINISWHITE" and data.dtype.kind == "u":
-        data = np.iinfo(data.dtype).max - data  # 0 means white: turned so that larger means brighter
+    if photometric == "MINISWHITE" and data.dtype.kind in "ub":
+        # 0 means white: turned so that larger means brighter (bilevel scans and faxes read as bool)
+        data = ~data if data.dtype.kind == "b" else np.iinfo(data.dtype).max - data
     data = _as_job_dtype(orient(data, orientation))
     if alpha:
         data = _composite(data[:-alpha], data[-1], scale)
