@@ -85,6 +85,38 @@ def test_four_channel_run_and_embed_apply_the_runs_statistics(tmp_path):
     assert torch.allclose(embeddings, expected, rtol=1e-4, atol=1e-4 * scale), (embeddings - expected).abs().max()
 
 
+@pytest.mark.parametrize("kind", ["grey PNG", "4-band TIFF"])
+def test_8_bit_runs_other_than_rgb_get_statistics_of_x_over_255(tmp_path, kind):
+    """The learner divides uint8 by 255 before it normalises, so the statistics must be of x / 255 too
+    (they were of the raw 0-255 values: mean ~122, std ~60, which squashed every image to a constant)."""
+    rng = np.random.default_rng(5)
+    root = tmp_path / "data"
+    root.mkdir()
+    arrays = rng.integers(0, 256, size=(12, 1 if kind == "grey PNG" else 4, SIDE, SIDE), dtype=np.uint8)
+    for i, a in enumerate(arrays):
+        if kind == "grey PNG":
+            Image.fromarray(a[0]).save(root / f"{i:02d}.png")
+        else:
+            tifffile.imwrite(root / f"{i:02d}.tif", a, photometric="minisblack", planarconfig="separate")
+    encoder_path = pretrain(str(root), out=tmp_path / "run", **FAST)
+    meta = torch.load(encoder_path, weights_only=True)["meta"]
+    assert meta["pixel_format"] == {"channels": arrays.shape[1], "dtype": "uint8", "scale": 255.0}, meta
+    mean, std = _stats(arrays, 255.0)
+    np.testing.assert_allclose(meta["normalize"][0], mean, rtol=1e-5)
+    np.testing.assert_allclose(meta["normalize"][1], std, rtol=1e-5)
+    out = embed_images(encoder_path, str(root), tmp_path / "e.npz", workers=0, progress=False)
+    with np.load(out, allow_pickle=False) as npz:
+        embeddings = torch.from_numpy(npz["embeddings"])
+    encoder = load_encoder(encoder_path)
+    x = torch.from_numpy(arrays[:, :, 1:17, 1:17].astype(np.float32) / 255.0)
+    x = (x - torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)) / torch.tensor(
+        std, dtype=torch.float32).view(1, -1, 1, 1)
+    with torch.no_grad():
+        expected = encoder.net(x)
+    scale = float(expected.abs().max())
+    assert torch.allclose(embeddings, expected, rtol=1e-4, atol=1e-4 * scale), (embeddings - expected).abs().max()
+
+
 def test_eight_band_file_in_rgb_run_and_corrupt_tiff_are_skipped_with_the_reason(tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -383,7 +383,8 @@ def dataset_statistics(dataset: Any, fmt: PixelFormat, workers: Optional[int] = 
             skipped += len(batch.skipped)
             example = example or "".join(f", e.g. {path}: {why}" for path, why in batch.skipped[:1])
             if len(batch.images):
-                stats.add(to_device_float(batch.images, fmt).to(torch.float32))
+                # x / scale for every sample type: the learner divides uint8 by 255 before it normalises
+                stats.add(batch.images.to(torch.float32).div_(fmt.scale))
     finally:
         loader.close()
     if stats.images == 0:
