@@ -50,6 +50,18 @@ def _stats(arrays: np.ndarray, scale: float):
     return x.mean(axis=(0, 2, 3)), x.std(axis=(0, 2, 3))
 
 
+def _assert_embedded_by_hand(encoder_path, embeddings, arrays, scale, mean, std):
+    """By hand: the centre 16 px of the 18 px files, / scale, (x - mean) / std, the backbone."""
+    encoder = load_encoder(encoder_path)
+    x = torch.from_numpy(arrays[:, :, 1:17, 1:17].astype(np.float32) / scale)
+    x = (x - torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)) / torch.tensor(
+        std, dtype=torch.float32).view(1, -1, 1, 1)
+    with torch.no_grad():
+        expected = encoder.net(x)
+    size = float(expected.abs().max())
+    assert torch.allclose(embeddings, expected, rtol=1e-4, atol=1e-4 * size), (embeddings - expected).abs().max()
+
+
 def test_one_channel_16_bit_run_end_to_end(tmp_path):
     arrays = _grey16_folder(tmp_path / "xray")
     encoder_path = pretrain(str(tmp_path / "xray"), out=tmp_path / "run", **FAST)
@@ -74,15 +86,7 @@ def test_four_channel_run_and_embed_apply_the_runs_statistics(tmp_path):
     with np.load(out, allow_pickle=False) as npz:
         embeddings, paths = torch.from_numpy(npz["embeddings"]), list(npz["paths"])
     assert len(paths) == 12
-    # by hand: centre 16 px of the 18 px file, / 65535, (x - mean) / std, the backbone
-    encoder = load_encoder(encoder_path)
-    x = torch.from_numpy(arrays[:, :, 1:17, 1:17].astype(np.float32) / 65535.0)
-    x = (x - torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)) / torch.tensor(
-        std, dtype=torch.float32).view(1, -1, 1, 1)
-    with torch.no_grad():
-        expected = encoder.net(x)
-    scale = float(expected.abs().max())
-    assert torch.allclose(embeddings, expected, rtol=1e-4, atol=1e-4 * scale), (embeddings - expected).abs().max()
+    _assert_embedded_by_hand(encoder_path, embeddings, arrays, 65535.0, mean, std)
 
 
 @pytest.mark.parametrize("kind", ["grey PNG", "4-band TIFF"])
@@ -107,14 +111,7 @@ def test_8_bit_runs_other_than_rgb_get_statistics_of_x_over_255(tmp_path, kind):
     out = embed_images(encoder_path, str(root), tmp_path / "e.npz", workers=0, progress=False)
     with np.load(out, allow_pickle=False) as npz:
         embeddings = torch.from_numpy(npz["embeddings"])
-    encoder = load_encoder(encoder_path)
-    x = torch.from_numpy(arrays[:, :, 1:17, 1:17].astype(np.float32) / 255.0)
-    x = (x - torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)) / torch.tensor(
-        std, dtype=torch.float32).view(1, -1, 1, 1)
-    with torch.no_grad():
-        expected = encoder.net(x)
-    scale = float(expected.abs().max())
-    assert torch.allclose(embeddings, expected, rtol=1e-4, atol=1e-4 * scale), (embeddings - expected).abs().max()
+    _assert_embedded_by_hand(encoder_path, embeddings, arrays, 255.0, mean, std)
 
 
 def test_eight_band_file_in_rgb_run_and_corrupt_tiff_are_skipped_with_the_reason(tmp_path):
