@@ -35,11 +35,12 @@ Example:
 """
 from __future__ import annotations
 
+import importlib
 import os
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 
@@ -91,33 +92,10 @@ def _extension(path: str) -> str:
 
 
 # ----------------------------------------------------------------------------- Pillow formats
-_PIL_GREY = ("1", "L", "LA", "La", "I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-
-
-def _png_header(path: str) -> Tuple[int, int, Optional[int]]:
-    """(bit depth, colour type, significant bits from ``sBIT`` or None) of a PNG file."""
-    with open(path, "rb") as handle:
-        if handle.read(8) != b"\x89PNG\r\n\x1a\n":
-            return 8, -1, None
-        depth, colour, significant = 8, -1, None
-        for _ in range(64):  # sBIT comes before the first IDAT
-            head = handle.read(8)
-            if len(head) < 8:
-                break
-            length, name = struct.unpack(">I4s", head)
-            if name == b"IDAT" or length > 1 << 24:
-                break
-            body = handle.read(length)
-            handle.read(4)
-            if name == b"IHDR" and len(body) >= 10:
-                depth, colour = body[8], body[9]
-            elif name == b"sBIT" and body:
-                significant = max(body[:3] if colour in (2, 6) else body[:1])
-        return depth, colour, significant
-
-
 def _pil_info(path: str) -> ImageInfo:
     from PIL import Image
+
+    from .png16 import png16_info, png_header  # png16 imports this module
 
     with Image.open(path) as image:
         mode, fmt = image.mode, image.format or "image"
@@ -126,7 +104,7 @@ def _pil_info(path: str) -> ImageInfo:
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         scale = 65535.0
         if fmt == "PNG":
-            depth, _, significant = _png_header(path)
+            depth, _, significant = png_header(path)
             if significant and 8 < significant < 16:
                 scale = float(2 ** significant - 1)
                 kind += f" ({significant} significant bits)"
@@ -136,10 +114,8 @@ def _pil_info(path: str) -> ImageInfo:
     if mode in ("1", "L"):
         return ImageInfo(1, False, "uint8", 255.0, kind)
     if fmt == "PNG" and mode in ("RGB", "RGBA", "LA"):
-        depth, colour, significant = _png_header(path)
+        depth, colour, significant = png_header(path)
         if depth == 16:  # Pillow would keep 8 of the 16 bits
-            from .png16 import png16_info
-
             return png16_info(path, colour, significant)
     if mode in ("LA", "La"):
         return ImageInfo(1, True, "uint8", 255.0, kind)
@@ -150,13 +126,13 @@ def _pil_info(path: str) -> ImageInfo:
 def _pil_decode(path: str, draft_size: Optional[Tuple[int, int]]) -> DecodedImage:
     from PIL import Image, ImageOps
 
+    from .png16 import png16_decode, png_header
+
     with Image.open(path) as opened:
         image: Any = opened
         if image.format == "PNG" and image.mode in ("RGB", "RGBA", "LA"):
-            depth, colour, significant = _png_header(path)
+            depth, colour, significant = png_header(path)
             if depth == 16:
-                from .png16 import png16_decode
-
                 return png16_decode(path, colour, significant)
         if draft_size is not None and image.format == "JPEG":
             image.draft("RGB" if image.mode != "L" else "L", (draft_size[1], draft_size[0]))
@@ -273,12 +249,21 @@ def _npy_decode(path: str) -> DecodedImage:
 
 
 # ----------------------------------------------------------------------------- DICOM
-def _import_pydicom() -> Any:
+def import_reader(module: str, files: str, extra: str) -> Any:
+    """The library that reads ``files``, or an ImportError naming it and the extra that brings it.
+
+    Example:
+        >>> import_reader("numpy", ".npy files", TRAIN_EXTRA).__name__
+        'numpy'
+    """
     try:
-        import pydicom
+        return importlib.import_module(module)
     except ImportError as error:
-        raise ImportError(f"reading DICOM files needs pydicom: {DICOM_EXTRA}") from error
-    return pydicom
+        raise ImportError(f"reading {files} needs {module}: {extra}") from error
+
+
+def _import_pydicom() -> Any:
+    return import_reader("pydicom", "DICOM files", DICOM_EXTRA)
 
 
 def _dicom_info(path: str) -> ImageInfo:
@@ -341,6 +326,20 @@ def _guard(path: str, read: Any, *args: Any) -> Any:
         raise ImageFormatError(f"{name}: {text[0]}" if text else name) from error
 
 
+def _readers(path: str) -> Tuple[Callable[..., ImageInfo], Callable[..., DecodedImage]]:
+    """The header and pixel readers of a file's format, chosen by its extension (Pillow for the rest)."""
+    ext = _extension(path)
+    if ext in TIFF_EXTENSIONS:
+        from .tiff import tiff_decode, tiff_info  # tiff imports this module
+
+        return tiff_info, tiff_decode
+    if ext in ARRAY_EXTENSIONS:
+        return _npy_info, _npy_decode
+    if ext in DICOM_EXTENSIONS:
+        return _dicom_info, _dicom_decode
+    return _pil_info, _pil_decode
+
+
 def inspect_image(path: str) -> ImageInfo:
     """The header of an image file (no pixels decoded).
 
@@ -356,17 +355,8 @@ def inspect_image(path: str) -> ImageInfo:
         >>> inspect_image(p)
         ImageInfo(channels=3, alpha=True, dtype='uint8', scale=255.0, kind='PNG RGBA')
     """
-    path = os.fspath(path)
-    ext = _extension(path)
-    if ext in TIFF_EXTENSIONS:
-        from .tiff import tiff_info
-
-        return _guard(path, tiff_info)  # type: ignore[no-any-return]
-    if ext in ARRAY_EXTENSIONS:
-        return _guard(path, _npy_info)  # type: ignore[no-any-return]
-    if ext in DICOM_EXTENSIONS:
-        return _guard(path, _dicom_info)  # type: ignore[no-any-return]
-    return _guard(path, _pil_info)  # type: ignore[no-any-return]
+    info, _ = _readers(os.fspath(path))
+    return _guard(os.fspath(path), info)  # type: ignore[no-any-return]
 
 
 def decode_image(path: str, draft_size: Optional[Tuple[int, int]] = None) -> DecodedImage:
@@ -387,13 +377,7 @@ def decode_image(path: str, draft_size: Optional[Tuple[int, int]] = None) -> Dec
         ((1, 4, 5), dtype('uint16'), 4095, 65535.0)
     """
     path = os.fspath(path)
-    ext = _extension(path)
-    if ext in TIFF_EXTENSIONS:
-        from .tiff import tiff_decode
-
-        return _guard(path, tiff_decode)  # type: ignore[no-any-return]
-    if ext in ARRAY_EXTENSIONS:
-        return _guard(path, _npy_decode)  # type: ignore[no-any-return]
-    if ext in DICOM_EXTENSIONS:
-        return _guard(path, _dicom_decode)  # type: ignore[no-any-return]
-    return _guard(path, _pil_decode, draft_size)  # type: ignore[no-any-return]
+    _, decode = _readers(path)
+    if decode is _pil_decode:
+        return _guard(path, decode, draft_size)  # type: ignore[no-any-return]
+    return _guard(path, decode)  # type: ignore[no-any-return]

@@ -1,4 +1,5 @@
-"""16-bit colour PNG (RGB, RGBA, grey with alpha) with every bit, decoded by ``imagecodecs``.
+"""PNG headers (bit depth, colour type, ``sBIT``), and 16-bit colour PNG (RGB, RGBA, grey with alpha) with
+every bit, decoded by ``imagecodecs``.
 
 Pillow opens such files as 8-bit images (it keeps the top 8 bits), so :mod:`.formats` hands them here:
 ``imagecodecs.png_decode`` (libpng or libspng; ``imagecodecs`` comes with the ``[train]`` extra) gives
@@ -15,26 +16,53 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+import struct
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from .formats import TRAIN_EXTRA, DecodedImage, ImageFormatError, ImageInfo, _composite
+from .formats import TRAIN_EXTRA, DecodedImage, ImageFormatError, ImageInfo, _composite, import_reader
 from .orientation import ORIENTATION_TAG, orient, tag_value
 
 #: PNG colour types this module reads at 16 bits: grey + alpha, RGB, RGBA
 COLOUR_TYPES = {4: "grey + alpha", 2: "RGB", 6: "RGBA"}
 
-__all__ = ["COLOUR_TYPES", "png16_info", "png16_decode"]
+__all__ = ["COLOUR_TYPES", "png_header", "png16_info", "png16_decode"]
+
+
+def png_header(path: str) -> Tuple[int, int, Optional[int]]:
+    """(bit depth, colour type, significant bits from ``sBIT`` or None) of a PNG file, from its header chunks.
+
+    Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> p = tempfile.mkdtemp() + "/g.png"
+        >>> Image.new("L", (2, 2)).save(p)
+        >>> png_header(p)
+        (8, 0, None)
+    """
+    with open(path, "rb") as handle:
+        if handle.read(8) != b"\x89PNG\r\n\x1a\n":
+            return 8, -1, None
+        depth, colour, significant = 8, -1, None
+        for _ in range(64):  # sBIT comes before the first IDAT
+            head = handle.read(8)
+            if len(head) < 8:
+                break
+            length, name = struct.unpack(">I4s", head)
+            if name == b"IDAT" or length > 1 << 24:
+                break
+            body = handle.read(length)
+            handle.read(4)
+            if name == b"IHDR" and len(body) >= 10:
+                depth, colour = body[8], body[9]
+            elif name == b"sBIT" and body:
+                significant = max(body[:3] if colour in (2, 6) else body[:1])
+        return depth, colour, significant
 
 
 def _import_imagecodecs() -> Any:
-    try:
-        import imagecodecs
-    except ImportError as error:
-        raise ImportError(f"16-bit colour PNG files are read with every bit by imagecodecs: {TRAIN_EXTRA}, or "
-                          f"pip install imagecodecs") from error
-    return imagecodecs
+    return import_reader("imagecodecs", "16-bit colour PNG files with every bit", TRAIN_EXTRA)
 
 
 def _scale(significant: Optional[int]) -> float:

@@ -24,6 +24,7 @@ from .formats import (
     _composite,
     _dtype_of,
     _pil_decode,
+    import_reader,
 )
 from .orientation import ORIENTATION_TAG, orient, tag_value
 
@@ -78,11 +79,7 @@ def _channels_from_axes(shape: Tuple[int, ...], axes: str) -> int:
 
 
 def _import_tifffile() -> Any:
-    try:
-        import tifffile
-    except ImportError as error:
-        raise ImportError(f"reading TIFF files needs tifffile: {TRAIN_EXTRA}") from error
-    return tifffile
+    return import_reader("tifffile", "TIFF files", TRAIN_EXTRA)
 
 
 def tiff_info(path: str) -> ImageInfo:
